@@ -23,6 +23,7 @@ from harmonia.encoder import AudioEncoder
 
 FAMILY_MODULES = {
     "beats": "harmonia.encoders.beats",
+    "dasheng": "harmonia.encoders.dasheng",
 }
 HARMONIA_FORMAT = "harmonia-encoder"
 HARMONIA_FORMAT_VERSION = 1

@@ -99,3 +99,88 @@ def beats_fbank(wav_BN: Tensor, mean: float = BEATS_FBANK_MEAN, std: float = BEA
     """
     fbank = kaldi_fbank(wav_BN.float() * 2**15)
     return (fbank - mean) / (2 * std)
+
+
+# -------------------------------------------------------------------------------------------------
+# Log-mel spectrogram in dB (Dasheng)
+#
+# Reproduces torchaudio's `MelSpectrogram(f_min=0, f_max=8000, n_fft=512, win_length=512,
+# hop_length=160, n_mels=64, center=True, pad_mode="reflect", power=2, norm=None, mel_scale="htk")`
+# followed by `AmplitudeToDB(stype="power", top_db=120)` (spec dasheng.md §1), always in float32.
+
+MEL_N_FFT = 512
+MEL_HOP = 160  # 10 ms at 16 kHz
+MEL_BINS = 64
+MEL_AMIN = 1e-10  # power floor before the log
+MEL_TOP_DB = 120.0
+
+
+def _htk_hz_to_mel(freq: float) -> float:
+    return 2595.0 * math.log10(1.0 + freq / 700.0)
+
+
+@lru_cache(maxsize=8)
+def htk_mel_filterbank(n_freqs: int = MEL_N_FFT // 2 + 1, n_mels: int = MEL_BINS, sample_rate: int = 16000,
+                       f_min: float = 0.0, f_max: float = 8000.0) -> Tensor:
+    """Triangular HTK-mel filters (n_freqs, n_mels), peak 1, no area normalisation.
+
+    Built in float32 in torchaudio's order of operations (`melscale_fbanks`), which makes it
+    bit-exact: float64 construction moves the dB features by up to 7e-3 dB."""
+    all_freqs = torch.linspace(0, sample_rate // 2, n_freqs)
+    mel_pts = torch.linspace(_htk_hz_to_mel(f_min), _htk_hz_to_mel(f_max), n_mels + 2)
+    f_pts = 700.0 * (10.0 ** (mel_pts / 2595.0) - 1.0)
+    f_diff = f_pts[1:] - f_pts[:-1]  # (n_mels + 1,) width of each rising/falling edge
+    slopes = f_pts[None, :] - all_freqs[:, None]  # (n_freqs, n_mels + 2)
+    down = (-1.0 * slopes[:, :-2]) / f_diff[:-1]
+    up = slopes[:, 2:] / f_diff[1:]
+    return torch.max(torch.zeros(1), torch.min(down, up))
+
+
+@lru_cache(maxsize=4)
+def hann_window(size: int = MEL_N_FFT) -> Tensor:
+    """Periodic Hann window (float32): w[n] = 0.5 - 0.5 cos(2 pi n / size)."""
+    return torch.hann_window(size, periodic=True, dtype=torch.float32)
+
+
+def mel_num_frames(num_samples: int, hop: int = MEL_HOP) -> int:
+    """Frames of the centred STFT: 1 + N // hop."""
+    return 1 + num_samples // hop
+
+
+def power_mel(wav_BN: Tensor, n_fft: int = MEL_N_FFT, hop: int = MEL_HOP, n_mels: int = MEL_BINS,
+              f_min: float = 0.0, f_max: float = 8000.0, sample_rate: int = 16000) -> Tensor:
+    """Mel power spectrogram of (B, N) float waveforms -> (B, n_mels, T), T = 1 + N // hop.
+
+    Centred frames with reflect padding of n_fft // 2 each side (needs N > n_fft // 2), periodic
+    Hann window of n_fft, power computed as |X|^2 via `abs().pow(2)` like torchaudio."""
+    N = wav_BN.shape[-1]
+    if N <= n_fft // 2:
+        raise ValueError(f"the centred STFT needs more than {n_fft // 2} samples (reflect padding), found {N}")
+    wav_BN = wav_BN.float()
+    spec_BFT = torch.stft(wav_BN, n_fft, hop_length=hop, win_length=n_fft,
+                          window=hann_window(n_fft).to(wav_BN.device), center=True, pad_mode="reflect",
+                          normalized=False, onesided=True, return_complex=True)
+    power_BFT = spec_BFT.abs().pow(2.0)
+    fb_FM = htk_mel_filterbank(n_fft // 2 + 1, n_mels, sample_rate, f_min, f_max).to(wav_BN.device)
+    return torch.matmul(power_BFT.transpose(-1, -2), fb_FM).transpose(-1, -2)
+
+
+def power_to_db(power_BMT: Tensor, top_db: float | None = MEL_TOP_DB, batch_topdb: bool = False) -> Tensor:
+    """10 log10(max(P, 1e-10)) floored at (max - top_db) -> same shape (B, M, T).
+
+    The maximum is taken per item by default. `batch_topdb=True` takes ONE maximum over the whole
+    batch, as torchaudio's `AmplitudeToDB` does for a 3-D input (and so the Dasheng reference): an
+    item's features then depend on its batch-mates."""
+    db_BMT = 10.0 * torch.log10(torch.clamp(power_BMT, min=MEL_AMIN))
+    if top_db is None:
+        return db_BMT
+    if batch_topdb:
+        peak = db_BMT.amax()
+    else:
+        peak = db_BMT.amax(dim=(-2, -1), keepdim=True)
+    return torch.max(db_BMT, peak - top_db)
+
+
+def log_mel_db(wav_BN: Tensor, batch_topdb: bool = False, top_db: float | None = MEL_TOP_DB) -> Tensor:
+    """Dasheng's front end: (B, N) waveform at 16 kHz -> (B, 64, 1 + N // 160) log-mel in dB."""
+    return power_to_db(power_mel(wav_BN), top_db=top_db, batch_topdb=batch_topdb)
