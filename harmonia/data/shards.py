@@ -1,0 +1,194 @@
+"""Webdataset tar shards of <= 10 s segments (16 kHz mono FLAC + JSON metadata), per domain.
+
+Layout written by `write_shards(manifest, out_dir)`:
+
+    out_dir/index.json                      streams -> shards (path, segments, seconds)
+    out_dir/<domain>/<corpus>-000000.tar    webdataset samples: <key>.flac, <key>.json
+    out_dir/<domain>/<corpus>-000000.tar.json   sidecar: plan hash, segment list, failures
+
+Deterministic: the files of a corpus are shuffled with `seed` and packed into shards of about
+`shard_seconds` of audio from the manifest alone, so every shard's content is known before any
+audio is decoded. Atomic: each tar and sidecar is written under a temporary name and renamed.
+Resumable: a shard whose sidecar carries the same plan hash is skipped on the next run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from harmonia.audio import SAMPLE_RATE, load_audio
+from harmonia.data.manifest import Entry, ManifestError, atomic_write_text
+
+INDEX_NAME = "index.json"
+INDEX_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ShardJob:
+    stream: str  # domain/corpus
+    path: Path  # final tar path
+    entries: tuple[Entry, ...]
+    max_seconds: float
+    min_seconds: float
+    plan_hash: str
+
+
+def segment_bounds(num_samples: int, max_samples: int, min_samples: int) -> list[tuple[int, int]]:
+    """Split [0, N) into ceil(N / max) pieces of equal length (each <= max), so that no short
+    remainder is left over; pieces shorter than `min_samples` are dropped."""
+    if num_samples < min_samples:
+        return []
+    n = math.ceil(num_samples / max_samples)
+    edges = [round(i * num_samples / n) for i in range(n + 1)]
+    return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b - a >= min_samples]
+
+
+def sample_key(entry_id: str, seg: int) -> str:
+    """Webdataset key: no dots (they separate the extension), no slashes."""
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", entry_id) + f"_{seg:04d}"
+
+
+def plan_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_seconds: float = 3600.0,
+                max_seconds: float = 10.0, min_seconds: float = 1.0, seed: int = 0) -> list[ShardJob]:
+    """Assign the files of each corpus to shards (seeded shuffle, then greedy packing)."""
+    if not 0 < min_seconds <= max_seconds:
+        raise ManifestError(f"segment bounds: need 0 < min_seconds <= max_seconds, found {min_seconds}, {max_seconds}")
+    out = Path(out_dir)
+    streams: dict[str, list[Entry]] = {}
+    for e in entries:
+        streams.setdefault(f"{e.domain}/{e.corpus}", []).append(e)
+    jobs = []
+    for stream, es in sorted(streams.items()):
+        domain, corpus = stream.split("/", 1)
+        es = sorted(es, key=lambda e: e.id)
+        rng = np.random.default_rng([seed, int(hashlib.sha1(stream.encode()).hexdigest()[:8], 16)])
+        es = [es[i] for i in rng.permutation(len(es))]
+        groups: list[list[Entry]] = [[]]
+        acc = 0.0
+        for e in es:
+            if groups[-1] and acc + e.duration > shard_seconds:
+                groups.append([])
+                acc = 0.0
+            groups[-1].append(e)
+            acc += e.duration
+        for k, group in enumerate(groups):
+            h = hashlib.sha1(json.dumps([INDEX_VERSION, max_seconds, min_seconds, SAMPLE_RATE,
+                                         [(e.id, e.path, e.num_frames) for e in group]]).encode()).hexdigest()
+            jobs.append(ShardJob(stream, out / domain / f"{corpus}-{k:06d}.tar", tuple(group),
+                                 max_seconds, min_seconds, h))
+    return jobs
+
+
+def _sidecar(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def shard_done(job: ShardJob) -> dict | None:
+    """The sidecar of a completed shard with this plan, else None."""
+    side = _sidecar(job.path)
+    if not (side.exists() and job.path.exists()):
+        return None
+    try:
+        meta = json.loads(side.read_text())
+    except json.JSONDecodeError:
+        return None
+    return meta if meta.get("plan_hash") == job.plan_hash else None
+
+
+def write_shard(job: ShardJob) -> dict:
+    """Decode, resample, segment and write one shard atomically; return its sidecar dict."""
+    import webdataset as wds
+
+    job.path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = job.path.with_name(job.path.name + f".tmp{os.getpid()}")
+    segments, failures = [], []
+    max_n, min_n = round(job.max_seconds * SAMPLE_RATE), round(job.min_seconds * SAMPLE_RATE)
+    with open(tmp, "wb") as f:
+        # Fixed mtime/user/group: the same plan gives byte-identical tars.
+        writer = wds.TarWriter(f, mtime=0.0, user="harmonia", group="harmonia")
+        for e in job.entries:
+            try:
+                wav = load_audio(e.path).numpy()
+            except Exception as err:  # noqa: BLE001 - reported in the sidecar and at the end
+                failures.append({"id": e.id, "path": e.path, "error": str(err)})
+                continue
+            for s, (a, b) in enumerate(segment_bounds(len(wav), max_n, min_n)):
+                buf = io.BytesIO()
+                sf.write(buf, np.clip(wav[a:b], -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+                key = sample_key(e.id, s)
+                meta = {"id": e.id, "segment": s, "start": a / SAMPLE_RATE, "seconds": (b - a) / SAMPLE_RATE,
+                        "domain": e.domain, "corpus": e.corpus, "sample_rate": SAMPLE_RATE}
+                writer.write({"__key__": key, "flac": buf.getvalue(), "json": meta})
+                segments.append({"key": key, "id": e.id, "seconds": (b - a) / SAMPLE_RATE})
+        writer.close()
+    os.replace(tmp, job.path)
+    meta = {"plan_hash": job.plan_hash, "stream": job.stream, "segments": segments,
+            "seconds": sum(s["seconds"] for s in segments), "failures": failures}
+    atomic_write_text(_sidecar(job.path), json.dumps(meta))
+    return meta
+
+
+def write_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_seconds: float = 3600.0,
+                 max_seconds: float = 10.0, min_seconds: float = 1.0, seed: int = 0, workers: int = 1,
+                 progress: bool = True) -> dict:
+    """Write every shard not already complete, then the index. Returns the index dict, with
+    `failures` listing every file that could not be decoded (they are skipped, not fatal)."""
+    from tqdm import tqdm
+
+    out = Path(out_dir)
+    jobs = plan_shards(entries, out, shard_seconds, max_seconds, min_seconds, seed)
+    metas: dict[Path, dict] = {}
+    todo = []
+    for j in jobs:
+        done = shard_done(j)
+        if done is not None:
+            metas[j.path] = done
+        else:
+            todo.append(j)
+    bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="shards", unit="shard", disable=not progress)
+    if workers > 1 and len(todo) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for j, meta in zip(todo, pool.map(write_shard, todo)):
+                metas[j.path] = meta
+                bar.update()
+    else:
+        for j in todo:
+            metas[j.path] = write_shard(j)
+            bar.update()
+    bar.close()
+    index: dict = {"version": INDEX_VERSION, "sample_rate": SAMPLE_RATE, "max_seconds": max_seconds,
+                   "streams": {}, "failures": []}
+    for j in jobs:
+        meta = metas[j.path]
+        st = index["streams"].setdefault(j.stream, {"shards": [], "seconds": 0.0, "segments": 0})
+        st["shards"].append({"path": j.path.relative_to(out).as_posix(), "segments": len(meta["segments"]),
+                             "seconds": meta["seconds"]})
+        st["seconds"] += meta["seconds"]
+        st["segments"] += len(meta["segments"])
+        index["failures"].extend(meta["failures"])
+    atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=1))
+    return index
+
+
+def read_index(shard_dir: str | os.PathLike) -> dict:
+    path = Path(shard_dir) / INDEX_NAME
+    if not path.exists():
+        raise ManifestError(f"{path}: no shard index; write shards first with `harmonia data shard MANIFEST "
+                            f"-o {shard_dir}`")
+    index = json.loads(path.read_text())
+    if index.get("version") != INDEX_VERSION:
+        raise ManifestError(f"{path}: index version {index.get('version')}, expected {INDEX_VERSION}; "
+                            "rewrite the shards with this harmonia")
+    return index

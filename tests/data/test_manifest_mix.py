@@ -1,0 +1,97 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harmonia.data.manifest import ManifestError, Source, read_manifest, scan_sources
+from harmonia.data.mixture import HoursScheduler, MixtureError, parse_ratio, plan_mixture
+from tests.data.conftest import POOL, sources
+
+
+def test_scan_durations_failures_and_blacklist(pool_dir, tmp_path):
+    srcs = [Source.parse(s) for s in sources(pool_dir)]
+    res = scan_sources(srcs, workers=3, blacklist={"talk003", "songs/sub/songs001"}, progress=False)
+    assert [p for p, _ in res.failures] == [str(pool_dir / "noise" / "broken.wav")]
+    assert sorted(e.id for e in res.blacklisted) == ["songs/sub/songs001", "talk/sub/talk003"]
+    by_corpus: dict[str, list] = {}
+    for e in res.entries:
+        by_corpus.setdefault(e.corpus, []).append(e)
+    for corpus, (domain, n, sec, sr, ch) in POOL.items():
+        got = by_corpus[corpus]
+        assert len(got) == n - (1 if corpus in ("talk", "songs") else 0)
+        assert all(e.domain == domain and e.sample_rate == sr and e.channels == ch for e in got)
+        assert all(abs(e.duration - sec) < 1e-6 for e in got)
+    # same result whatever the parallelism
+    res1 = scan_sources(srcs, workers=1, progress=False)
+    assert [e.id for e in res1.entries if e not in res.blacklisted] == [e.id for e in res.entries]
+    assert len(res1.entries) == len(res.entries) + 2
+
+
+def test_cli_manifest_writes_jsonl_and_failed_list(pool_dir, tmp_path, capsys):
+    import argparse
+
+    from harmonia.data.cli import add_parser
+
+    parser = argparse.ArgumentParser()
+    add_parser(parser.add_subparsers(dest="cmd"))
+    out = tmp_path / "m.jsonl"
+    args = parser.parse_args(["data", "manifest", "--quiet", "-o", str(out), *sum((["--source", s] for s in sources(pool_dir)), [])])
+    assert args.func(args) == 0
+    lines = [json.loads(x) for x in out.read_text().splitlines()]
+    assert len(lines) == sum(v[1] for v in POOL.values())
+    assert set(lines[0]) >= {"path", "duration", "sample_rate", "channels", "domain", "corpus", "id"}
+    assert "broken.wav" in (tmp_path / "m.jsonl.failed.tsv").read_text()
+    assert "1 unreadable" in capsys.readouterr().err
+    assert len(read_manifest(out)) == len(lines)
+
+
+def test_bad_source_and_manifest_errors(tmp_path):
+    with pytest.raises(ManifestError, match="DOMAIN/CORPUS=DIR"):
+        Source.parse("/data/cv")
+    with pytest.raises(ManifestError, match="not a directory"):
+        scan_sources([Source("speech", "x", tmp_path / "missing")], progress=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "a"}\n')
+    with pytest.raises(ManifestError, match="bad.jsonl:1"):
+        read_manifest(bad)
+
+
+def test_parse_ratio():
+    assert parse_ratio("speech-heavy") == {"speech": 0.7, "music": 0.15, "sound": 0.15}
+    assert parse_ratio("40:30:30") == pytest.approx({"speech": 0.4, "music": 0.3, "sound": 0.3})
+    assert parse_ratio("speech=0.5,sound=0.5") == {"speech": 0.5, "sound": 0.5}
+    with pytest.raises(MixtureError, match="sum to 90"):
+        parse_ratio("40:30:20")
+    with pytest.raises(MixtureError, match="expected 3 numbers"):
+        parse_ratio("50:50")
+
+
+def test_plan_mixture_within_domain_by_hours_and_weights():
+    hours = {"speech/a": 30.0, "speech/b": 10.0, "music/m": 5.0, "sound/s": 1.0, "sound/t": 3.0}
+    plan = plan_mixture(hours, "70:15:15")
+    assert plan.target["speech/a"] == pytest.approx(0.7 * 0.75)
+    assert plan.target["speech/b"] == pytest.approx(0.7 * 0.25)
+    assert plan.target["music/m"] == pytest.approx(0.15)
+    assert plan.target["sound/t"] == pytest.approx(0.15 * 0.75)
+    assert sum(plan.target.values()) == pytest.approx(1.0)
+    # weight b by 3: a and b then count equally (30 vs 10*3)
+    plan = plan_mixture(hours, "balanced", {"b": 3.0})
+    assert plan.target["speech/a"] == pytest.approx(plan.target["speech/b"]) == pytest.approx(0.2)
+    with pytest.raises(MixtureError, match="no data in the pool"):
+        plan_mixture({"speech/a": 1.0, "sound/s": 1.0}, "balanced")
+    with pytest.raises(MixtureError, match="not in the pool"):
+        plan_mixture(hours, "balanced", {"nope": 2.0})
+
+
+def test_hours_scheduler_matches_hours_not_counts():
+    # streams whose segments have very different lengths: a count-based sampler would be far off
+    seg = {"speech/a": 1.0, "music/m": 9.0, "sound/s": 3.0}
+    target = {"speech/a": 0.7, "music/m": 0.15, "sound/s": 0.15}
+    sched = HoursScheduler(target)
+    for _ in range(2000):
+        s = sched.next_stream()
+        sched.add(s, seg[s])
+    total = sum(sched.seconds.values())
+    for s, t in target.items():
+        assert abs(sched.seconds[s] / total - t) < 0.005
