@@ -1,0 +1,58 @@
+"""Throughput and memory measurement of any encoder (used by `harmonia bench` and benchmarks/)."""
+
+from __future__ import annotations
+
+import resource
+import time
+
+import torch
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def bench_encoder(source, seconds: float = 10.0, batch: int = 1, repeats: int = 5, dtype: str = "float32",
+                  device: str = "cpu", threads: int | None = None, warmup: int = 1, seed: int = 0) -> dict:
+    """Encode `repeats` batches of `batch` random clips of `seconds` s; report audio-seconds per
+    wall-second (median over repeats), peak RSS and, on CUDA, peak GPU memory."""
+    from harmonia import load_encoder
+
+    if threads:
+        torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    encoder = source if isinstance(source, torch.nn.Module) else load_encoder(
+        source, dtype=getattr(torch, dtype), device=device)
+    load_s = time.perf_counter() - t0
+    rss_after_load = peak_rss_mb()
+    g = torch.Generator().manual_seed(seed)
+    wav = (torch.rand(batch, int(seconds * 16000), generator=g) * 2 - 1) * 0.5
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for i in range(warmup + repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        encoder.encode(wav)
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    times.sort()
+    median = times[len(times) // 2]
+    result = {
+        "model": str(source) if not isinstance(source, torch.nn.Module) else type(source).__name__,
+        "class": type(encoder).__name__,
+        "parameters": sum(p.numel() for p in encoder.parameters()),
+        "seconds": seconds, "batch": batch, "dtype": dtype, "device": device,
+        "threads": torch.get_num_threads(),
+        "audio_s_per_s": round(batch * seconds / median, 3),
+        "batch_time_s": {"median": round(median, 4), "min": round(times[0], 4), "max": round(times[-1], 4)},
+        "load_s": round(load_s, 3),
+        "peak_rss_mb": round(peak_rss_mb(), 1), "rss_after_load_mb": round(rss_after_load, 1),
+    }
+    if device.startswith("cuda"):
+        result["peak_gpu_mb"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return result

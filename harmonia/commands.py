@@ -1,0 +1,174 @@
+"""Encoder subcommands: `encode`, `info`, `list`, `convert`, `bench`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("encode", help="encode audio files to DIR/<stem>.npy (T', D) each")
+    _model_args(p)
+    p.add_argument("--batch-size", type=int, default=1, help="files encoded together (exact masking)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, mp3; any rate, any channels)")
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("info", help="print an encoder's family, config, size, hop and output dim")
+    p.add_argument("source", help="checkpoint path, directory, registry name or HF repo id")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("convert", help="write a checkpoint in harmonia's format (config.json + model.safetensors)")
+    p.add_argument("source")
+    p.add_argument("out_dir")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("bench", help="throughput (audio-s per s) and peak memory of an encoder, as one JSON line")
+    p.add_argument("--model", required=True)
+    p.add_argument("--seconds", type=float, default=10.0, help="clip length")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_bench)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="checkpoint path, directory, registry name, HF repo id, or a+b+c")
+    p.add_argument("--layout", choices=["flat", "mean", "concat"], default=None, help="BEATs output layout")
+    p.add_argument("--layer", type=int, default=None, help="state after N transformer layers (default: last)")
+    p.add_argument("--chunk-seconds", type=float, default=None, help="long-input chunk length (default 10 s)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--beats-config", default=None, help="JSON/YAML file with the BEATs cfg of a bare state dict")
+
+
+def load_from_args(args: argparse.Namespace):
+    from harmonia import load_encoder
+
+    options: dict = {}
+    for name in ("layout", "layer", "chunk_seconds"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
+    if getattr(args, "beats_config", None):
+        import yaml
+
+        options["beats_config"] = yaml.safe_load(Path(args.beats_config).read_text())
+    if getattr(args, "device", "cpu") != "cpu":
+        options["device"] = args.device
+    return load_encoder(args.model, **options)
+
+
+def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    os.replace(tmp, path)
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from harmonia.audio import AudioError, load_audio, pad_batch
+
+    encoder = load_from_args(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    files = [Path(f) for f in args.files]
+    stems: dict[str, Path] = {}
+    failures: list[tuple[str, str]] = []
+    for f in files:  # two inputs with one stem would overwrite each other: refuse the second
+        if f.stem in stems:
+            failures.append((str(f), f"same output name {f.stem}.npy as {stems[f.stem]}; rename one of them"))
+        else:
+            stems[f.stem] = f
+    todo = [f for f in files if stems.get(f.stem) is f]
+    bar = tqdm(total=len(todo), unit="file", desc="encode", file=sys.stderr)
+    for i in range(0, len(todo), max(1, args.batch_size)):
+        batch, wavs = [], []
+        for f in todo[i: i + args.batch_size]:
+            try:
+                wavs.append(load_audio(f))
+                batch.append(f)
+            except AudioError as e:
+                failures.append((str(f), str(e)))
+                bar.update(1)
+        if not batch:
+            continue
+        try:
+            wav, lengths = pad_batch(wavs)
+            result = encoder.encode(wav, lengths)
+            for j, f in enumerate(batch):
+                frames = result.frames[j, : int(result.lengths[j])].cpu().numpy()
+                _save_npy_atomic(out / f"{f.stem}.npy", frames)
+        except Exception as e:  # keep going: report at the end
+            failures.extend((str(f), f"encoding failed: {e}") for f in batch)
+        bar.update(len(batch))
+    bar.close()
+    done = len(files) - len(failures)
+    print(f"encoded {done}/{len(files)} files to {out}", file=sys.stderr)
+    if failures:
+        print(f"{len(failures)} file(s) failed:", file=sys.stderr)
+        for f, why in failures:
+            print(f"  {f}: {why}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def describe(encoder) -> dict:
+    n_params = sum(p.numel() for p in encoder.parameters())
+    info = {"class": type(encoder).__name__, "parameters": n_params, "output_dim": encoder.output_dim,
+            "hop_size_in_ms": encoder.hop_size_in_ms, "sampling_rate": encoder.sampling_rate,
+            "dtype": str(encoder.dtype).replace("torch.", "")}
+    if hasattr(encoder, "export_config"):
+        info.update(encoder.export_config())
+    return info
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from harmonia import load_encoder
+
+    info = describe(load_encoder(args.source))
+    if args.json:
+        print(json.dumps(info, indent=2, default=str))
+        return 0
+    for key in ("family", "class", "parameters", "output_dim", "hop_size_in_ms", "sampling_rate", "dtype"):
+        if key in info:
+            value = f"{info[key]:,}" if key == "parameters" else info[key]
+            print(f"{key:>15}: {value}")
+    for key in ("options", "config"):
+        if key in info:
+            print(f"{key:>15}:")
+            for k, v in info[key].items() if isinstance(info[key], dict) else []:
+                print(f"{'':>17}{k} = {v}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from harmonia import load_encoder
+    from harmonia.hub import save_harmonia
+
+    options = {"dtype": getattr(torch, args.dtype)} if args.dtype else {}
+    encoder = load_encoder(args.source, **options)
+    if not hasattr(encoder, "export_config"):
+        print(f"{args.source}: this encoder cannot be exported to harmonia's format", file=sys.stderr)
+        return 2
+    out = save_harmonia(encoder, args.out_dir)
+    print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from harmonia.bench import bench_encoder
+
+    print(json.dumps(bench_encoder(args.model, seconds=args.seconds, batch=args.batch, repeats=args.repeats,
+                                   dtype=args.dtype, device=args.device, threads=args.threads)))
+    return 0
