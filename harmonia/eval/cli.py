@@ -1,0 +1,51 @@
+"""`harmonia evaluate` and `harmonia report`."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="score an encoder on X-ARES tasks (linear probe + kNN)",
+        description="Encode X-ARES audio shards (cached per encoder fingerprint), train linear probes and "
+                    "run kNN, write results.json/.md/.csv and a chart per task.")
+    p.add_argument("--model", required=True,
+                   help="registry name, checkpoint file/dir, HF repo id, or an X-ARES encoder file path.py[:Class]")
+    p.add_argument("--tasks", nargs="+", default=["table1"],
+                   help="task names, `table1` (default), `all`, comma lists or custom task files (.json/.py)")
+    p.add_argument("--data-root", required=True, help="directory holding <task>/ shard folders (X-ARES env/)")
+    p.add_argument("--mode", choices=["clean", "xares"], default="clean",
+                   help="clean (default): masked padding, all crops, cosine kNN, seeded; xares: X-ARES 0.1.3 exactly")
+    p.add_argument("--seeds", type=int, default=3, help="probe seeds in clean mode (mean ± std); default 3")
+    p.add_argument("--out", required=True, help="output directory for the reports")
+    p.add_argument("--cache-dir", default=None, help="embedding cache (default: <data-root>/.harmonia_cache)")
+    p.add_argument("--device", default=None, help="encoder device, e.g. cuda")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_evaluate)
+
+    r = subparsers.add_parser("report", help="combine evaluation runs into one Table-I-like table and chart",
+                              description="Combine the --out directories of several `harmonia evaluate` runs.")
+    r.add_argument("runs", nargs="+", help="run directories (each with results.json)")
+    r.add_argument("--out", default=None, help="write report.md, report.csv and report.png here")
+    r.set_defaults(func=_report)
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from harmonia.eval.runner import evaluate, load_encoder_source
+
+    encoder = load_encoder_source(args.model, device=args.device)
+    results = evaluate(encoder, args.tasks, args.data_root, args.out, mode=args.mode, seeds=args.seeds,
+                       cache_dir=args.cache_dir, model_name=str(args.model), progress=not args.no_progress)
+    s = results["summary"]
+    bad = [n for n, e in results["tasks"].items() if e["status"] != "ok"]
+    print(f"wrote {args.out}/results.{{json,md,csv}}; weighted MLP {s['mlp_all']}, kNN {s['knn_all']}"
+          + (f"; not scored: {', '.join(bad)}" if bad else ""))
+    return 1 if bad and len(bad) == len(results["tasks"]) else 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from harmonia.eval.report import write_combined
+
+    print(write_combined(args.runs, args.out))
+    return 0

@@ -1,0 +1,91 @@
+"""Metrics of the X-ARES tracks (specs/xares.md §3.3) and the weighted task average (§2.3).
+
+Every function takes plain tensors and returns a Python float in [0, 1].
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+
+def accuracy(scores_NC: torch.Tensor, target_N: torch.Tensor) -> float:
+    """Fraction of items whose argmax (first maximum on ties, as torch/ignite) equals the target."""
+    if scores_NC.shape[0] == 0:
+        raise ValueError("accuracy of an empty evaluation set: expected at least one item")
+    return float((scores_NC.argmax(dim=1) == target_N.long()).float().mean())
+
+
+def mean_average_precision(scores_NC: torch.Tensor, target_NC: torch.Tensor) -> float:
+    """Macro mAP: scikit-learn's `average_precision_score(Y, Z, average="macro")` (the mean over
+    classes of the non-interpolated AP). Depends only on the ranking, so logits are fine."""
+    from sklearn.metrics import average_precision_score
+
+    return float(average_precision_score(target_NC.float().numpy(), scores_NC.float().numpy(), average="macro"))
+
+
+def frames_per_segment(segment_length_s: float, hop_size_in_ms: float) -> int:
+    """K = ceil(segment / hop): DESED's 1 s at 40 ms -> 25, at 160 ms -> 7 (1.12 s segments)."""
+    return math.ceil(segment_length_s / (hop_size_in_ms / 1000.0))
+
+
+def segment_f1(logits: list[torch.Tensor], targets: list[torch.Tensor], frames_per_seg: int,
+               average: str = "macro") -> float:
+    """Segment-based F1 (X-ARES SegmentF1Metric). `logits` and `targets`: one (T_i, C) tensor per
+    item (or per evaluation batch). Predictions are sigmoid(z) rounded half-to-even, i.e. z > 0;
+    both are max-pooled over non-overlapping windows of K frames (a last partial window is dropped),
+    then all segments of all items are pooled and scored with scikit-learn's `f1_score`
+    (`average` "macro" or "micro"; a class with no positives and no predictions scores 0)."""
+    from sklearn.metrics import f1_score
+
+    preds, tars = [], []
+    for z_TC, y_TC in zip(logits, targets):
+        if z_TC.shape != y_TC.shape:
+            raise ValueError(f"segment_f1: logits {tuple(z_TC.shape)} and targets {tuple(y_TC.shape)} differ")
+        n = z_TC.shape[0] // frames_per_seg
+        if n == 0:
+            continue
+        p = torch.sigmoid(z_TC[: n * frames_per_seg].float()).round()
+        preds.append(p.view(n, frames_per_seg, -1).amax(1))
+        tars.append(y_TC[: n * frames_per_seg].float().view(n, frames_per_seg, -1).amax(1))
+    if not preds:
+        raise ValueError(f"segment_f1: no item is at least one segment ({frames_per_seg} frames) long")
+    pred = torch.cat(preds).long().numpy()
+    tar = torch.cat(tars).long().numpy()
+    return float(f1_score(tar, pred, average=average, zero_division=0))
+
+
+def retrieval_recall_at_1(audio_ND: torch.Tensor, text_ND: torch.Tensor, captions_per_audio: int = 5) -> float:
+    """Clotho R@1 averaged over audio->text and text->audio (X-ARES `recallatk_r1`).
+
+    Rows are (audio, caption) pairs in evaluation order with each audio's `captions_per_audio`
+    captions consecutive, so audio_ND repeats each audio embedding that many times. Similarity is
+    cosine. a2t: an audio scores if its best-ranked caption among all N is one of its own; t2a: a
+    caption scores if its own audio ranks first among the N / captions_per_audio distinct audios.
+    Ties rank by index (stable sort), one of several tie orders X-ARES's argsort may produce."""
+    n = audio_ND.shape[0]
+    if n == 0 or n % captions_per_audio:
+        raise ValueError(f"retrieval: expected a multiple of {captions_per_audio} (audio, caption) pairs, found {n}")
+    a = torch.nn.functional.normalize(audio_ND.float()[::captions_per_audio], dim=1)  # (A, D) distinct audios
+    t = torch.nn.functional.normalize(text_ND.float(), dim=1)  # (N, D)
+    sim = a @ t.T  # (A, N)
+    owner = torch.arange(n) // captions_per_audio
+    a2t = (owner[sim.argmax(dim=1)] == torch.arange(a.shape[0])).float().mean()
+    t2a = (sim.T.argmax(dim=1) == owner).float().mean()
+    return float((a2t + t2a) / 2)
+
+
+def weighted_average(scores: list[tuple[float, float]]) -> float | None:
+    """S = sum_t w_t s_t / sum_t w_t over (score, weight) pairs; None when the weights sum to 0."""
+    w = sum(float(wt) for _, wt in scores)
+    if w <= 0:
+        return None
+    return float(sum(float(s) * float(wt) for s, wt in scores) / w)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    v = np.asarray(values, dtype=np.float64)
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0

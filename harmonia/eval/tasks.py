@@ -1,0 +1,321 @@
+"""Task registry: the 18 tasks of the CMU-AIST paper's Table I (plus ASV2015, VoxCeleb1 and MAESTRO),
+each described exactly as xares 0.1.3 configures it (specs/xares.md §2.1), and custom tasks read from
+a small JSON or Python file in the same vocabulary.
+
+A task says where its shards are (`partitions()`: partition name -> shard glob under
+`<data_root>/<name>/`), how the JSON label of a sample becomes a target (`label`, `label_key`,
+`classes`), how it is scored (`metric`, `weight`, `knn`) and how the probe is trained (`epochs`,
+`batch_size`). Label vocabularies that X-ARES hard-codes as long dicts (FSC's 248 transcriptions,
+FSD50k's 200 events, ...) are built from the data instead: the sorted union of the values found in
+all partitions (`harmonia.eval.labels`); the class index order only permutes the probe's output rows.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib.util
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+TaskType = Literal["clip", "frame", "contrastive"]
+LabelKind = Literal["class", "int", "multilabel", "events", "notes", "captions"]
+Metric = Literal["accuracy", "mAP", "segmentf1_macro", "segmentf1_micro", "recallatk_r1"]
+
+_METRICS = ("accuracy", "mAP", "segmentf1_macro", "segmentf1_micro", "recallatk_r1")
+_LABEL_KINDS = ("class", "int", "multilabel", "events", "notes", "captions")
+_TYPES = ("clip", "frame", "contrastive")
+
+
+class TaskError(ValueError):
+    """A task name or task file is unknown or inconsistent; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Task:
+    """One evaluation task (an X-ARES `TaskConfig` restricted to what scoring needs)."""
+
+    name: str  # directory under the data root, X-ARES `name` (e.g. "esc50")
+    formal_name: str  # the name in result tables (X-ARES `formal_name`)
+    domain: str  # "sound" | "speech" | "music" | anything for custom tasks
+    type: TaskType = "clip"  # clip: mean-pooled embedding; frame: every frame; contrastive: Clotho
+    label: LabelKind = "class"  # how the JSON becomes a target (see harmonia.eval.labels)
+    label_key: str | None = None  # JSON field read by class/int/multilabel labels
+    num_classes: int | None = None  # output size; None = size of the vocabulary found in the data
+    classes: tuple[str, ...] | None = None  # explicit class order; None = sorted values from the data
+    metric: Metric = "accuracy"
+    weight: int = 0  # X-ARES eval_weight (test-set size capped at 2000, see §0 point 6)
+    # Either three split names (shards `<split>*.tar`) ...
+    train_split: str | None = "train"
+    valid_split: str | None = "valid"
+    test_split: str | None = "test"
+    # ... or k folds (each fold is valid+test once, trained on the others), shards `fold_pattern`.
+    folds: tuple[str, ...] | None = None
+    fold_pattern: str = "wds-audio-fold-{k}-*.tar"  # formatted with k=<fold>
+    knn: bool = True  # scored in the kNN track
+    crop_length: float | None = None  # seconds; clips are cut into crops of this length
+    encode_batch_size: int = 16  # X-ARES batch_size_encode (its padding matters in xares mode)
+    epochs: int = 10
+    batch_size: int = 32  # train and valid batch size of the probe
+    learning_rate: float = 1e-3
+    segment_length_s: float | None = None  # segment-F1 segment (DESED 1.0 s, MAESTRO 0.1 s)
+    label_duration_s: float | None = None  # frame targets span this many seconds (DESED: 10)
+    pos_weight: float | None = None  # BCE positive weight (MAESTRO: 10)
+    zenodo_id: str | None = None
+    table1: bool = False  # one of the 18 tasks of the paper's Table I
+    extra: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def __post_init__(self) -> None:
+        def bad(what: str) -> TaskError:
+            return TaskError(f"task {self.name!r}: {what}")
+
+        if not self.name or "/" in self.name:
+            raise bad("`name` must be a non-empty directory name without '/'")
+        if self.type not in _TYPES:
+            raise bad(f"`type` must be one of {_TYPES}, found {self.type!r}")
+        if self.label not in _LABEL_KINDS:
+            raise bad(f"`label` must be one of {_LABEL_KINDS}, found {self.label!r}")
+        if self.metric not in _METRICS:
+            raise bad(f"`metric` must be one of {_METRICS}, found {self.metric!r}")
+        if self.label in ("class", "int", "multilabel") and not self.label_key:
+            raise bad(f"label {self.label!r} reads one JSON field: set `label_key` (e.g. \"label\")")
+        if self.label == "int" and not self.num_classes:
+            raise bad("label 'int' needs `num_classes` (targets must lie in 0..num_classes-1)")
+        if self.type == "frame" and self.label not in ("events", "notes"):
+            raise bad(f"frame tasks need label 'events' or 'notes', found {self.label!r}")
+        if self.type == "contrastive" and (self.label != "captions" or self.metric != "recallatk_r1"):
+            raise bad("contrastive tasks need label 'captions' and metric 'recallatk_r1'")
+        if self.metric.startswith("segmentf1") and not self.segment_length_s:
+            raise bad("segment-F1 metrics need `segment_length_s` (DESED uses 1.0)")
+        if self.knn and self.type != "clip":
+            raise bad("the kNN track exists only for clip tasks: set `knn` to false")
+        if self.folds is None:
+            if not (self.train_split and self.valid_split and self.test_split):
+                raise bad("set `train_split`, `valid_split` and `test_split`, or `folds`")
+        else:
+            if len(self.folds) < 2:
+                raise bad(f"k-fold needs at least 2 folds, found {list(self.folds)}")
+            if "{k" not in self.fold_pattern:
+                raise bad(f"`fold_pattern` must contain {{k}} (e.g. 'fold_{{k}}_*.tar'), found {self.fold_pattern!r}")
+        for name in ("epochs", "batch_size", "encode_batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise bad(f"`{name}` must be >= 1, found {getattr(self, name)}")
+        if self.weight < 0:
+            raise bad(f"`weight` must be >= 0, found {self.weight}")
+
+    # ----------------------------------------------------------------------------------------------
+    def partitions(self) -> dict[str, str]:
+        """Partition name -> shard glob (relative to `<data_root>/<name>/`), in a stable order.
+        A split used twice (DESED's valid = test) is one partition."""
+        if self.folds is not None:
+            return {str(k): self.fold_pattern.format(k=_fold_value(k)) for k in self.folds}
+        out: dict[str, str] = {}
+        for split in (self.train_split, self.valid_split, self.test_split):
+            out.setdefault(split, f"{split}*.tar")
+        return out
+
+    def rounds(self) -> list[tuple[list[str], str, str]]:
+        """The (train partitions, valid partition, test partition) of each scoring round: one for
+        split tasks, one per held-out fold for k-fold tasks (where valid = test, as in X-ARES)."""
+        if self.folds is None:
+            return [([self.train_split], self.valid_split, self.test_split)]
+        folds = [str(k) for k in self.folds]
+        return [([f for f in folds if f != k], k, k) for k in folds]
+
+    @property
+    def zenodo_url(self) -> str | None:
+        return f"https://zenodo.org/records/{self.zenodo_id}" if self.zenodo_id else None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        for k in ("folds", "classes"):
+            if d[k] is not None:
+                d[k] = list(d[k])
+        return d
+
+
+def _fold_value(k: str):
+    """Folds are formatted as ints when they look like ints (so `{k:02d}` patterns work)."""
+    try:
+        return int(k)
+    except ValueError:
+        return k
+
+
+def _folds(ks) -> tuple[str, ...]:
+    return tuple(str(k) for k in ks)
+
+
+# --------------------------------------------------------------------------------------------------
+# The registry (values: specs/xares.md §2.1, read from xares 0.1.3 tasks/*.py)
+
+_SPLITS = dict(train_split="wds-audio-train", valid_split="wds-audio-valid", test_split="wds-audio-test")
+
+BUILTIN_TASKS: dict[str, Task] = {t.name: t for t in [
+    # ---- the 18 tasks of Table I, in the paper's row order
+    Task("fsd50k", "FSD50k", "sound", label="multilabel", label_key="soundevent", num_classes=200,
+         metric="mAP", weight=2000, train_split="fsd50k_train", valid_split="fsd50k_validation",
+         test_split="fsd50k_eval", knn=False, crop_length=10, batch_size=64, zenodo_id="14868441", table1=True),
+    Task("vocalimitations", "Vocal Imitation", "sound", label_key="imitation", num_classes=302, weight=1867,
+         folds=_folds(range(3)), fold_pattern="vocal_imitations_fold{k:02}_0000000.tar",
+         encode_batch_size=1, epochs=20, zenodo_id="14862060", table1=True),
+    # X-ARES quirk: FSD18 selects its best epoch on the test split (valid = test).
+    Task("fsdkaggle2018", "FSD18-Kaggle", "sound", label_key="sound", num_classes=41, weight=1600,
+         train_split="fsd18_train", valid_split="fsd18_test", test_split="fsd18_test", knn=False,
+         epochs=3, batch_size=64, zenodo_id="14725117", table1=True),
+    # X-ARES quirk: DESED selects its best epoch on the eval split, which is also the test split.
+    Task("desed", "DESED", "sound", type="frame", label="events", num_classes=10,
+         classes=("Cat", "Speech", "Running_water", "Dishes", "Electric_shaver_toothbrush", "Vacuum_cleaner",
+                  "Blender", "Alarm_bell_ringing", "Dog", "Frying"),
+         metric="segmentf1_macro", segment_length_s=1.0, label_duration_s=10.0, weight=1153,
+         train_split="wds-audio-train", valid_split="wds-audio-eval", test_split="wds-audio-eval", knn=False,
+         zenodo_id="14808180", table1=True),
+    Task("esc50", "ESC-50", "sound", label="int", label_key="label", num_classes=50, weight=400,
+         folds=_folds(range(1, 6)), fold_pattern="wds-audio-fold-{k}-*.tar", zenodo_id="14614287", table1=True),
+    Task("clotho", "Clotho", "sound", type="contrastive", label="captions", metric="recallatk_r1", weight=1045,
+         train_split="clotho_development", valid_split="clotho_evaluation", test_split="clotho_validation",
+         knn=False, crop_length=30, epochs=20, batch_size=128, zenodo_id="14856454", table1=True),
+    Task("urbansound8k", "UrbanSound 8k", "sound", label_key="soundevent", num_classes=10, weight=873,
+         folds=_folds(range(1, 11)), fold_pattern="urbansound_fold{k}_0000000.tar", zenodo_id="14722683",
+         table1=True),
+    Task("nsynthinstument", "NSynth-Instruments", "music", label_key="instrument_family_str", num_classes=11,
+         weight=2000, train_split="nsynth_train", valid_split="nsynth_valid", test_split="nsynth_test",
+         zenodo_id="14725174", table1=True),
+    Task("gtzan_genre", "GTZAN Genre", "music", label_key="genre", num_classes=10, weight=100,
+         folds=_folds(range(10)), fold_pattern="gtzan_fold_{k}_0000000.tar", zenodo_id="14722472", table1=True),
+    Task("freemusicarchive", "Free Music Archive Small", "music", label_key="genre", num_classes=8, weight=800,
+         train_split="fma_small_train", valid_split="fma_small_valid", test_split="fma_small_test",
+         crop_length=10, epochs=3, zenodo_id="14725056", table1=True),
+    Task("libricount", "LibriCount", "speech", label="int", label_key="num_speakers", num_classes=11,
+         weight=1144, folds=_folds(range(5)), fold_pattern="libricount_fold{k:02d}.tar", batch_size=64,
+         zenodo_id="14722478", table1=True),
+    Task("cremad", "CREMA-D", "speech", label_key="label", num_classes=6, classes=("H", "S", "A", "F", "D", "N"),
+         weight=1116, **_SPLITS, zenodo_id="14646870", table1=True),
+    Task("ravdess", "RAVDESS", "speech", label_key="emotion", num_classes=8, weight=360,
+         folds=_folds(range(4)), fold_pattern="ravdess_fold_{k}_0000000.tar", zenodo_id="14722524", table1=True),
+    Task("fluentspeechcommands", "Fluent Speech Commands", "speech", label_key="transcription", num_classes=248,
+         weight=2000, train_split="fluentspeechcommands_train", valid_split="fluentspeechcommands_valid",
+         test_split="fluentspeechcommands_test", encode_batch_size=1, zenodo_id="14722453", table1=True),
+    # X-ARES maps gender "M" to 0 and anything else to 1.
+    Task("librispeechmalefemale", "LibriSpeech-MF", "speech", label_key="gender", num_classes=2,
+         classes=("M", "F"), weight=2620, train_split="train-clean-100", valid_split="dev-clean",
+         test_split="test-clean", crop_length=5, zenodo_id="14716252", table1=True),
+    Task("speechcommandsv1", "Speech Commands V1", "speech", label_key="labels", num_classes=30, weight=2000,
+         **_SPLITS, batch_size=64, zenodo_id="14722647", table1=True),
+    # X-ARES quirk: VoxLingua33 selects its best epoch on dev, which is also the test split.
+    Task("voxlingua33", "VoxLingua33", "speech", label_key="labels", num_classes=33, weight=1609,
+         train_split="train_subset", valid_split="dev", test_split="dev", crop_length=10, batch_size=64,
+         zenodo_id="14812245", table1=True),
+    Task("vocalsound", "VocalSound", "speech", label_key="label", num_classes=6,
+         classes=("laughter", "sigh", "throatclearing", "cough", "sneeze", "sniff"), weight=2000,
+         zenodo_id="14722710", table1=True),
+    # ---- public X-ARES tasks outside Table I (cheap ones; LibriSpeech ASR needs an LLM and is left out)
+    Task("asvspoof2015", "ASV2015", "speech", label_key="binary_spoof", num_classes=2, weight=2000,
+         train_split="asvspoof_train", valid_split="asvspoof_valid", test_split="asvspoof_eval", epochs=5,
+         batch_size=64, zenodo_id="14718430"),
+    Task("voxceleb1", "VoxCeleb1", "speech", label_key="speakerid", num_classes=1251, weight=2000,
+         train_split="voxceleb1_train", valid_split="voxceleb1_valid", test_split="voxceleb1_test",
+         crop_length=6, zenodo_id="14811963"),
+    Task("maestro", "MAESTRO", "music", type="frame", label="notes", num_classes=87,
+         metric="segmentf1_micro", segment_length_s=0.1, pos_weight=10.0, weight=65,
+         train_split="maestro_train", valid_split="maestro_valid", test_split="maestro_test", knn=False,
+         encode_batch_size=1, epochs=50, batch_size=1, zenodo_id="14858022"),
+]}
+
+TABLE1_TASKS: tuple[str, ...] = tuple(n for n, t in BUILTIN_TASKS.items() if t.table1)
+_ALIASES = {"table1": TABLE1_TASKS, "all": tuple(BUILTIN_TASKS)}
+
+
+# --------------------------------------------------------------------------------------------------
+# Custom tasks
+
+
+def load_task_file(path: str | os.PathLike) -> Task:
+    """Read a custom task from a JSON file (an object with `Task`'s fields) or a Python file that
+    defines `TASK` (a `Task` or such a dict).
+
+    Example JSON::
+
+        {"name": "mybirds", "formal_name": "My Birds", "domain": "sound", "label_key": "species",
+         "metric": "accuracy", "weight": 500, "folds": [0, 1, 2], "fold_pattern": "fold{k}.tar",
+         "epochs": 10}
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TaskError(f"{path}: no such task file; expected a .json or .py file describing a task")
+    if path.suffix == ".json":
+        try:
+            spec = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{path}: not valid JSON ({e}); expected an object with the task's fields") from e
+    elif path.suffix == ".py":
+        module_spec = importlib.util.spec_from_file_location(f"harmonia_task_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+        if not hasattr(module, "TASK"):
+            raise TaskError(f"{path}: a Python task file must define TASK (a harmonia.eval.Task or a dict)")
+        spec = module.TASK
+        if isinstance(spec, Task):
+            return spec
+    else:
+        raise TaskError(f"{path}: expected a .json or .py task file, found suffix {path.suffix!r}")
+    return task_from_dict(spec, source=str(path))
+
+
+def task_from_dict(spec: dict, source: str = "<dict>") -> Task:
+    """Build a `Task` from a plain dict, with an error naming unknown fields and close matches."""
+    if not isinstance(spec, dict):
+        raise TaskError(f"{source}: expected an object of task fields, found {type(spec).__name__}")
+    known = {f.name for f in fields(Task)}
+    unknown = sorted(set(spec) - known)
+    if unknown:
+        hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, known, 1)) else u
+                 for u in unknown]
+        raise TaskError(f"{source}: unknown task fields {hints}; known fields: {sorted(known)}")
+    spec = dict(spec)
+    spec.setdefault("formal_name", spec.get("name", ""))
+    spec.setdefault("domain", "custom")
+    for k in ("folds", "classes"):
+        if spec.get(k) is not None:
+            spec[k] = tuple(str(v) for v in spec[k])
+    try:
+        return Task(**spec)
+    except TypeError as e:
+        raise TaskError(f"{source}: {e}; required fields: name") from e
+
+
+def get_task(name_or_path: str | os.PathLike | Task) -> Task:
+    """A built-in task by `name` or formal name (case-insensitive), or a custom task file."""
+    if isinstance(name_or_path, Task):
+        return name_or_path
+    s = str(name_or_path)
+    if s.endswith((".json", ".py")) or Path(s).is_file():
+        return load_task_file(s)
+    by_lower = {n.lower(): t for n, t in BUILTIN_TASKS.items()}
+    by_lower.update({t.formal_name.lower(): t for t in BUILTIN_TASKS.values()})
+    if s.lower() in by_lower:
+        return by_lower[s.lower()]
+    close = difflib.get_close_matches(s.lower(), list(by_lower), n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise TaskError(f"unknown task {s!r}.{hint} Known: {', '.join(BUILTIN_TASKS)}; groups: table1, all; "
+                    "or pass a custom task file (.json/.py).")
+
+
+def resolve_tasks(items: list[str] | tuple[str, ...]) -> list[Task]:
+    """Expand names, groups (`table1`, `all`), comma lists and task files into unique tasks."""
+    out: dict[str, Task] = {}
+    for item in items:
+        for part in str(item).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            for name in _ALIASES.get(part.lower(), (part,)):
+                task = get_task(name)
+                if task.name in out and out[task.name] != task:
+                    raise TaskError(f"two different tasks are named {task.name!r}; rename the custom one")
+                out[task.name] = task
+    if not out:
+        raise TaskError("no task given; pass task names (e.g. esc50), `table1`, `all` or task files")
+    return list(out.values())
