@@ -10,6 +10,9 @@ import sys
 # Modules that register subcommands, in the order `harmonia --help` lists them.
 SUBCOMMAND_MODULES = [
     "harmonia.commands",  # encode, info, list, convert, bench
+    "harmonia.eval.cli",  # evaluate, report
+    "harmonia.data.cli",
+    "harmonia.train.cli",
 ]
 
 
