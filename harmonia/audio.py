@@ -68,16 +68,40 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
             f"{path}: could not decode audio ({e}). Expected a format libsndfile reads "
             "(wav, flac, ogg, mp3); convert it, e.g. `ffmpeg -i IN -ar 16000 OUT.flac`."
         ) from e
-    # libsndfile returns fewer frames than the header promises when the file is cut short.
-    if info.frames > 0 and audio.shape[0] < info.frames and info.format not in ("MPEG",):
+    # A cut-short file decodes to fewer frames than its header announces. libsndfile trusts the file
+    # size for WAV, so the RIFF `data` chunk size is read directly; compressed formats report their
+    # header length in `info.frames` (mp3 decoders may differ by an encoder delay, hence the 1%).
+    declared = _riff_declared_frames(path, info) if info.format in ("WAV", "WAVEX") else info.frames
+    if declared and audio.shape[0] < declared - max(2, declared // 100):
         raise AudioError(
-            f"{path}: truncated file: the header announces {info.frames} frames but only "
+            f"{path}: truncated file: the header announces {declared} frames but only "
             f"{audio.shape[0]} could be read. Re-download or re-export the file."
         )
     wav = to_mono(audio)
     check_waveform(wav, str(path))
     wav = resample(wav, sr, sample_rate)
     return torch.from_numpy(np.ascontiguousarray(wav))
+
+
+def _riff_declared_frames(path: Path, info) -> int | None:
+    """Frames announced by the `data` chunk of a RIFF/WAVE header (None if it cannot be read)."""
+    with open(path, "rb") as f:
+        head = f.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        while True:
+            chunk = f.read(8)
+            if len(chunk) < 8:
+                return None
+            cid, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if cid == b"fmt ":
+                fmt = f.read(size + (size & 1))
+                block_align = int.from_bytes(fmt[12:14], "little")
+            elif cid == b"data":
+                return size // block_align if block_align else None
+            else:
+                f.seek(size + (size & 1), 1)
 
 
 def crop_or_pad(wav_N: torch.Tensor, num_samples: int) -> torch.Tensor:

@@ -184,6 +184,16 @@ class WeightNormConv1d(nn.Module):
         nn.init.normal_(self.weight_v, mean=0, std=math.sqrt(4 / (kernel * channels)))
 
     def weight(self) -> Tensor:
+        if torch.is_grad_enabled() and (self.weight_g.requires_grad or self.weight_v.requires_grad):
+            return self._fold()
+        # inference: fold once and reuse until a parameter changes (tracked by tensor versions)
+        key = (self.weight_g._version, self.weight_v._version, self.weight_g.data_ptr(), self.weight_v.data_ptr(),
+               self.weight_v.dtype, self.weight_v.device)
+        if getattr(self, "_cache_key", None) != key:
+            self._cache_key, self._cache = key, self._fold().detach()
+        return self._cache
+
+    def _fold(self) -> Tensor:
         return self.weight_g * self.weight_v / self.weight_v.norm(dim=(0, 1), keepdim=True)
 
     def forward(self, x_BCN: Tensor) -> Tensor:
@@ -220,8 +230,11 @@ class GatedRelPosAttention(nn.Module):
         mask = None
         if bias_HNN is not None:
             if self.gated:
-                u = self.grep_linear(q).view(B, H, N, 2, 4).sum(-1)  # sum before the sigmoid
-                gate_a, gate_b = torch.sigmoid(u).chunk(2, dim=-1)
+                # the reference sums grep_linear's 8 outputs in two groups of 4 before the sigmoid;
+                # summing the weights first is the same linear map at a quarter of the cost
+                w = self.grep_linear.weight.view(2, 4, d).sum(1)
+                b = self.grep_linear.bias.view(2, 4).sum(1)
+                gate_a, gate_b = torch.sigmoid(F.linear(q, w, b)).chunk(2, dim=-1)
                 gate_BHN1 = gate_a * (gate_b * self.grep_a - 1.0) + 2.0
                 mask = gate_BHN1 * bias_HNN
             else:
@@ -275,8 +288,9 @@ class TransformerLayer(nn.Module):
         if self.pre_ln:
             x = x + self.dropout(self.self_attn(self.self_attn_layer_norm(x), bias_HNN, key_pad_BN))
             return x + self.dropout(self.ffn(self.final_layer_norm(x)))
-        x = self.self_attn_layer_norm(self.alpha * x + self.dropout(self.self_attn(x, bias_HNN, key_pad_BN)))
-        return self.final_layer_norm(self.alpha * x + self.dropout(self.ffn(x)))
+        # DeepNorm residual α·x + f(x) as one fused op
+        x = self.self_attn_layer_norm(torch.add(self.dropout(self.self_attn(x, bias_HNN, key_pad_BN)), x, alpha=self.alpha))
+        return self.final_layer_norm(torch.add(self.dropout(self.ffn(x)), x, alpha=self.alpha))
 
 
 class TransformerStack(nn.Module):
@@ -300,7 +314,7 @@ class TransformerStack(nn.Module):
         pos = torch.arange(n, device=device)
         buckets_NN = relative_position_bucket(pos[None, :] - pos[:, None], self.cfg.num_buckets,
                                               self.cfg.max_distance)
-        return self.relative_attention_bias(buckets_NN).permute(2, 0, 1)
+        return self.relative_attention_bias(buckets_NN).permute(2, 0, 1).contiguous()
 
     def forward(self, x_BND: Tensor, key_pad_BN: Tensor | None = None, num_layers: int | None = None,
                 output_hidden_states: bool = False) -> tuple[Tensor, list[Tensor]]:
