@@ -49,13 +49,17 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-seconds", type=float, default=None, help="long-input chunk length (default 10 s)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--beats-config", default=None, help="JSON/YAML file with the BEATs cfg of a bare state dict")
+    p.add_argument("--align", choices=["nearest", "linear"], default=None,
+                   help="ensembles (a+b+c or a named one): how member frames are resampled to the reference's")
+    p.add_argument("--fuse", choices=["concat", "mean"], default=None, help="ensembles: concatenate or average")
+    p.add_argument("--reference", type=int, default=None, help="ensembles: index of the member whose frame grid is used")
 
 
 def load_from_args(args: argparse.Namespace):
     from harmonia import load_encoder
 
     options: dict = {}
-    for name in ("layout", "layer", "chunk_seconds"):
+    for name in ("layout", "layer", "chunk_seconds", "align", "fuse", "reference"):
         if getattr(args, name, None) is not None:
             options[name] = getattr(args, name)
     if getattr(args, "beats_config", None):

@@ -24,6 +24,7 @@ from harmonia.encoder import AudioEncoder
 FAMILY_MODULES = {
     "beats": "harmonia.encoders.beats",
     "dasheng": "harmonia.encoders.dasheng",
+    "ensemble": "harmonia.ensemble",  # EnsembleEncoder: members' configs + `members.{i}.` weights
 }
 HARMONIA_FORMAT = "harmonia-encoder"
 HARMONIA_FORMAT_VERSION = 1
