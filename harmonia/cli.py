@@ -10,6 +10,7 @@ import sys
 # Modules that register subcommands, in the order `harmonia --help` lists them.
 SUBCOMMAND_MODULES = [
     "harmonia.commands",  # encode, info, list, convert, bench
+    "harmonia.registry_cli",  # list, xares-export
     "harmonia.eval.cli",  # evaluate, report
     "harmonia.data.cli",
     "harmonia.train.cli",
