@@ -176,7 +176,22 @@ def _order_generator(mode: str, seed: int) -> torch.Generator:
 def train_probe(task: Task, train, valid, test, *, mode: str = "clean", seed: int = 0,
                 hop_size_in_ms: float | None = None, vocab_size: int | None = None, pad_id: int = 0,
                 epochs: int | None = None, batch_size: int | None = None) -> ProbeResult:
-    """Train on `train`, select the epoch on `valid`, score `test` (ClipSet / FrameSet / PairSet)."""
+    """Train on `train`, select the epoch on `valid`, score `test` (ClipSet / FrameSet / PairSet).
+
+    Clip probes are tiny (B x D @ D x C per step): they run on one intra-op thread, where thread
+    start-up would otherwise cost more than the arithmetic (100x slower on a loaded 2-core machine)."""
+    threads = torch.get_num_threads()
+    if task.type == "clip":
+        torch.set_num_threads(1)
+    try:
+        return _train_probe(task, train, valid, test, mode=mode, seed=seed, hop_size_in_ms=hop_size_in_ms,
+                            vocab_size=vocab_size, pad_id=pad_id, epochs=epochs, batch_size=batch_size)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train_probe(task: Task, train, valid, test, *, mode: str, seed: int, hop_size_in_ms: float | None,
+                 vocab_size: int | None, pad_id: int, epochs: int | None, batch_size: int | None) -> ProbeResult:
     epochs = epochs or task.epochs
     bs = batch_size or task.batch_size
     with torch.random.fork_rng():

@@ -1,0 +1,146 @@
+"""Readers, the embedding cache (fingerprints, resume, xares vs clean encoding) and error paths."""
+
+import io
+import math
+import tarfile
+
+import pytest
+import torch
+from conftest import TONE_TASK, tone, write_shard
+
+from harmonia.eval.embed import EmbeddingCache, encoder_fingerprint
+from harmonia.eval.readers import DatasetMissingError, ShardError, iter_tar_members, split_member_name
+from harmonia.eval.tasks import BUILTIN_TASKS, Task
+
+CROP_TASK = Task("crops", "Crops", "sound", label_key="label", train_split="c_train", valid_split="c_train",
+                 test_split="c_train", crop_length=0.1, encode_batch_size=4)
+
+
+def test_member_names_split_at_the_first_dot():
+    assert split_member_name("a/b/clip.v2.flac") == ("a/b/clip", "v2.flac")
+    assert split_member_name("clip.json") == ("clip", "json")
+
+
+def test_duplicate_members_are_skipped_like_webdataset(tmp_path):
+    path = tmp_path / "d.tar"
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("k.json", b"1"), ("k.json", b"2"), ("k.wav", b"w"), ("j.json", b"3")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    samples = list(iter_tar_members(path))
+    assert samples == [("k", {"json": b"1", "wav": b"w"}), ("j", {"json": b"3"})]
+
+
+def test_missing_data_names_files_and_zenodo(tmp_path):
+    with pytest.raises(DatasetMissingError) as e:
+        EmbeddingCache(tmp_path / "c", _enc(), progress=False).embed_task(BUILTIN_TASKS["gtzan_genre"], tmp_path)
+    msg = str(e.value)
+    assert "gtzan_fold_0_0000000.tar" in msg and "https://zenodo.org/records/14722472" in msg
+
+
+def _enc():
+    from eval_test_encoder import BandEnergyEncoder
+
+    return BandEnergyEncoder()
+
+
+def test_fingerprint_changes_with_weights_not_with_class_name(data_root, tmp_path):
+    a, b = _enc(), _enc()
+    assert encoder_fingerprint(a) == encoder_fingerprint(b)
+    cache = EmbeddingCache(tmp_path / "c", a, progress=False)
+    first = cache.embed_task(TONE_TASK, data_root)
+    calls = a.calls
+    again = EmbeddingCache(tmp_path / "c", a, progress=False).embed_task(TONE_TASK, data_root)
+    assert a.calls == calls  # served from cache: no batch encoded
+    assert torch.equal(first["tones_test"].pooled, again["tones_test"].pooled)
+    with torch.no_grad():
+        b.scale.mul_(2.0)  # same class, new weights: a new cache entry, recomputed embeddings
+    changed = EmbeddingCache(tmp_path / "c", b, progress=False)
+    assert changed.task_dir(TONE_TASK) != cache.task_dir(TONE_TASK)
+    out = changed.embed_task(TONE_TASK, data_root)
+    assert b.calls > 0
+    assert torch.allclose(out["tones_test"].pooled, 2 * first["tones_test"].pooled)
+    assert EmbeddingCache(tmp_path / "c", a, mode="xares").task_dir(TONE_TASK) != cache.task_dir(TONE_TASK)
+
+
+def test_xares_mode_bakes_in_batch_padding_clean_mode_masks_it(tmp_path):
+    # Two clips in one encode batch: 0.1 s (5 frames) and 0.2 s (10 frames) at a 20 ms hop.
+    task = Task("pad", "Pad", "sound", label_key="label", train_split="p", valid_split="p", test_split="p")
+    short, long_ = tone(300, 0.1), tone(300, 0.2)
+    write_shard(tmp_path / "env" / "pad" / "p_0.tar", [("a", short, 16000, {"label": "x"}),
+                                                       ("b", long_, 16000, {"label": "x"})], "wav", "FLOAT")
+    enc = _enc()
+    alone = enc.encode(torch.from_numpy(short)[None]).frames[0]  # (5, 16)
+    x = EmbeddingCache(tmp_path / "cx", enc, mode="xares", progress=False).embed_task(task, tmp_path / "env")["p"]
+    c = EmbeddingCache(tmp_path / "cc", enc, mode="clean", progress=False).embed_task(task, tmp_path / "env")["p"]
+    # clean: mean of the clip's own 5 frames; xares: those 5 frames plus 5 frames of encoded
+    # silence (log(0 + 1e-6) in every band for this encoder), over 10
+    assert torch.allclose(c.pooled[0], alone.mean(0), atol=1e-5)
+    silence = torch.full((16,), math.log(1e-6))
+    assert torch.allclose(x.pooled[0], (alone.sum(0) + 5 * silence) / 10, atol=1e-4)
+    assert x.keys == ["a0", "b0"] and c.keys == ["a#0", "b#0"]
+
+
+def test_crops_first_per_batch_in_xares_mode_all_in_clean_mode(tmp_path):
+    # 0.35 s clips, 0.1 s crops -> 3 crops each (remainder dropped); encode batches of 4 crops:
+    # batch 0 = a0 a1 a2 b0, batch 1 = b1 b2 c0 c1, batch 2 = c2
+    write_shard(tmp_path / "env" / "crops" / "c_train_0.tar",
+                [(k, tone(300, 0.35), 16000, {"label": "x"}) for k in "abc"])
+    enc = _enc()
+    x = EmbeddingCache(tmp_path / "cx", enc, mode="xares", progress=False).embed_task(CROP_TASK, tmp_path / "env")
+    c = EmbeddingCache(tmp_path / "cc", enc, mode="clean", progress=False).embed_task(CROP_TASK, tmp_path / "env")
+    assert x["c_train"].keys == ["a0", "b0", "b1", "c1", "c2"]
+    assert len(c["c_train"]) == 9 and c["c_train"].keys[:3] == ["a#0", "a#1", "a#2"]
+
+
+def test_interrupted_encoding_resumes_after_the_last_chunk(data_root, tmp_path):
+    enc = _enc()
+    original = enc._encode
+    budget = {"left": 3}
+
+    def flaky(*a, **k):
+        if budget["left"] == 0:
+            raise KeyboardInterrupt
+        budget["left"] -= 1
+        return original(*a, **k)
+
+    enc._encode = flaky
+    task = Task("tones", "Tones", "sound", label_key="label", train_split="tones_train", valid_split="tones_valid",
+                test_split="tones_test", encode_batch_size=2)
+    cache = EmbeddingCache(tmp_path / "c", enc, chunk_items=2, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        cache.embed_task(task, data_root)
+    pdir = cache.task_dir(task) / "tones_train"
+    assert len(list(pdir.glob("chunk-*.pt"))) == 3 and not (pdir / "done.json").exists()
+    enc._encode = original
+    enc.calls = 0
+    resumed = cache.embed_task(task, data_root)
+    train = resumed["tones_train"]
+    # 12 + 6 train clips in 9 batches of 2: 3 were finished before the interruption
+    assert enc.calls == 6 + 3 + 5  # 6 remaining train batches, valid 3, test 5
+    fresh = EmbeddingCache(tmp_path / "c2", _enc(), chunk_items=2, progress=False).embed_task(task, data_root)
+    assert train.keys == fresh["tones_train"].keys
+    assert torch.allclose(train.pooled, fresh["tones_train"].pooled)
+
+
+def test_corrupt_shard_is_named_and_finished_partitions_are_kept(data_root, tmp_path):
+    bad = data_root / "tones" / "tones_test_000000.tar"
+    bad.write_bytes(bad.read_bytes()[:700])  # truncated mid-member
+    cache = EmbeddingCache(tmp_path / "c", _enc(), progress=False)
+    with pytest.raises(ShardError, match="tones_test_000000.tar"):
+        cache.embed_task(TONE_TASK, data_root)
+    assert (cache.task_dir(TONE_TASK) / "tones_train" / "done.json").exists()
+    assert (cache.task_dir(TONE_TASK) / "tones_valid" / "done.json").exists()
+
+
+def test_undecodable_items_are_reported_and_skipped(tmp_path):
+    path = write_shard(tmp_path / "env" / "crops" / "c_train_0.tar", [("a", tone(300, 0.2), 16000, {"label": "x"})])
+    with tarfile.open(path, "a") as tar:
+        for name, data in (("b.json", b'{"label": "x"}'), ("b.flac", b"not audio at all")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out = EmbeddingCache(tmp_path / "c", _enc(), progress=False).embed_task(CROP_TASK, tmp_path / "env")
+    assert out["c_train"].clips == ["a", "a"]  # two 0.1 s crops of a; b failed
+    assert len(out["c_train"].errors) == 1 and "c_train_0.tar:b" in out["c_train"].errors[0]
