@@ -178,10 +178,11 @@ def train_probe(task: Task, train, valid, test, *, mode: str = "clean", seed: in
                 epochs: int | None = None, batch_size: int | None = None) -> ProbeResult:
     """Train on `train`, select the epoch on `valid`, score `test` (ClipSet / FrameSet / PairSet).
 
-    Clip probes are tiny (B x D @ D x C per step): they run on one intra-op thread, where thread
-    start-up would otherwise cost more than the arithmetic (100x slower on a loaded 2-core machine)."""
+    Clip and frame probes are small (B x T x D @ D x C per step): they run on one intra-op thread,
+    where thread start-up would otherwise cost more than the arithmetic (100x slower on a loaded
+    2-core machine)."""
     threads = torch.get_num_threads()
-    if task.type == "clip":
+    if task.type != "contrastive":
         torch.set_num_threads(1)
     try:
         return _train_probe(task, train, valid, test, mode=mode, seed=seed, hop_size_in_ms=hop_size_in_ms,

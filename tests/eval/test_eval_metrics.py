@@ -65,3 +65,14 @@ def test_cosine_lr_matches_xares_schedule():
     assert cosine_lr(10, 10, 1e-3) == pytest.approx(1.22e-4, abs=1e-6)
     assert cosine_lr(20, 20, 1e-3) == pytest.approx(1.06e-4, abs=1e-6)
     assert cosine_lr(1, 1, 1e-3) == 1e-3
+
+
+def test_macro_map_equals_scikit_learn_with_ties():
+    from sklearn.metrics import average_precision_score
+
+    g = torch.Generator().manual_seed(0)
+    z = torch.randint(0, 4, (60, 5), generator=g).float()  # many tied scores
+    y = (torch.rand(60, 5, generator=g) < 0.3).float()
+    y[:, 4] = 0  # a class without positives scores 0, as in scikit-learn
+    expected = average_precision_score(y.numpy(), z.numpy(), average="macro")
+    assert M.mean_average_precision(z, y) == pytest.approx(expected, abs=1e-12)
