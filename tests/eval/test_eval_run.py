@@ -90,3 +90,21 @@ def test_clotho_is_skipped_without_vocab_and_runs_with_one(tmp_path, encoder, mo
     entry = res["tasks"]["clotho"]
     assert entry["status"] == "ok" and 0.0 <= entry["mlp"]["mean"] <= 1.0
     assert entry["partitions"]["clotho_validation"]["items"] == 2
+
+
+BEATS_FIXTURE = "tests/fixtures/beats/beats_ms_iter3_small.pt"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["clean", "xares"])
+def test_evaluate_with_the_real_beats_fixture(data_root, tmp_path, mode):
+    out = tmp_path / "beats"
+    rc = main(["evaluate", "--model", BEATS_FIXTURE, "--tasks", _task_files(tmp_path)[0], "--data-root",
+               str(data_root), "--mode", mode, "--seeds", "1", "--out", str(out), "--no-progress"])
+    assert rc == 0
+    res = json.loads((out / "results.json").read_text())
+    entry = res["tasks"]["tones"]
+    assert entry["status"] == "ok", entry
+    assert res["encoder"]["class"].endswith("BeatsEncoder") and res["encoder"]["hop_size_in_ms"] == 20.0
+    assert 0.0 <= entry["mlp"]["mean"] <= 1.0 and 0.0 <= entry["knn"]["mean"] <= 1.0
+    assert (out / "results.md").exists() and (out / "charts" / "tones.png").exists()
