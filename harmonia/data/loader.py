@@ -125,12 +125,14 @@ def collate_wavs(wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class MixtureDataset(IterableDataset):
-    """Yields whole batches {wav (B,N), lengths (B,), streams [B], seconds [B], _worker, _state}."""
+    """Yields whole batches {wav (B,N), lengths (B,), streams [B], seconds [B], _worker, _state}.
+    `crop_seconds` > 0 takes a seeded random crop of longer segments (realised hours count the crop)."""
 
     def __init__(self, shard_dir: str | Path, target: Mapping[str, float], batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, worker_states: Mapping[int, dict] | None = None,
-                 worker_offset: int = 0):
+                 worker_offset: int = 0, crop_seconds: float = 0.0):
         self.root = Path(shard_dir)
+        self.crop_samples = round(crop_seconds * 16000)
         self.index = read_index(self.root)
         missing = sorted(set(target) - set(self.index["streams"]))
         if missing:
@@ -154,19 +156,26 @@ class MixtureDataset(IterableDataset):
             sched.load_state_dict(state["scheduler"])
             for name, st in state["streams"].items():
                 streams[name].load_state_dict(st)
+        batches = state.get("batches", 0) if state is not None else 0
         while True:
             wavs, names, secs = [], [], []
-            for _ in range(self.batch_size):
+            for i in range(self.batch_size):
                 name = sched.next_stream()
                 _, wav, meta = streams[name].next()
+                if self.crop_samples and len(wav) > self.crop_samples:
+                    # random crop, drawn from (seed, split, batch, item) alone: no RNG state to carry
+                    rng = np.random.default_rng([self.seed, split, batches, i, 2])
+                    start = int(rng.integers(0, len(wav) - self.crop_samples + 1))
+                    wav = wav[start:start + self.crop_samples]
                 sec = len(wav) / meta["sample_rate"]
                 sched.add(name, sec)
                 wavs.append(wav)
                 names.append(name)
                 secs.append(sec)
             wav_BN, lengths_B = collate_wavs(wavs)
+            batches += 1
             yield {"wav": wav_BN, "lengths": lengths_B, "streams": names, "seconds": secs, "_worker": worker,
-                   "_state": {"scheduler": sched.state_dict(),
+                   "_state": {"batches": batches, "scheduler": sched.state_dict(),
                               "streams": {n: s.state_dict() for n, s in streams.items()}}}
 
 
@@ -178,7 +187,7 @@ class MixtureLoader:
 
     def __init__(self, shard_dir: str | Path, mixture: MixturePlan | Mapping[str, float], batch_size: int,
                  seed: int = 0, rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 state: Mapping | None = None):
+                 state: Mapping | None = None, crop_seconds: float = 0.0):
         target = mixture.target if isinstance(mixture, MixturePlan) else dict(mixture)
         self.shard_dir, self.target = Path(shard_dir), target
         self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
@@ -190,7 +199,7 @@ class MixtureLoader:
         if state is not None:
             self._load(state)
         self._dataset = MixtureDataset(shard_dir, target, batch_size, seed, rank, world_size,
-                                       self.worker_states, self.next_worker)
+                                       self.worker_states, self.next_worker, crop_seconds)
 
     def _load(self, state: Mapping) -> None:
         if state.get("version") != LOADER_STATE_VERSION:
@@ -208,8 +217,11 @@ class MixtureLoader:
         self.batches = int(state["batches"])
 
     def __iter__(self) -> Iterator[dict]:
+        # Its own generator: creating the iterator must not draw from the global torch RNG, whose
+        # state the training checkpoint restores (a resumed run would otherwise shift dropout).
         dl = DataLoader(self._dataset, batch_size=None, num_workers=self.num_workers,
-                        persistent_workers=False, prefetch_factor=2 if self.num_workers else None)
+                        persistent_workers=False, prefetch_factor=2 if self.num_workers else None,
+                        generator=torch.Generator().manual_seed(self.seed))
         for batch in dl:
             w = batch.pop("_worker")
             self.worker_states[w] = batch.pop("_state")
@@ -241,7 +253,8 @@ def stream_hours(shard_dir: str | Path) -> dict[str, float]:
 
 def build_loader(shard_dir: str | Path, ratio: str | Mapping[str, float], batch_size: int, seed: int = 0,
                  rank: int = 0, world_size: int = 1, num_workers: int = 0,
-                 corpus_weights: Mapping[str, float] | None = None, state: Mapping | None = None) -> MixtureLoader:
+                 corpus_weights: Mapping[str, float] | None = None, state: Mapping | None = None,
+                 crop_seconds: float = 0.0) -> MixtureLoader:
     """Plan the mixture from the shard index and build the loader (optionally from a state)."""
     plan = plan_mixture(stream_hours(shard_dir), ratio, corpus_weights)
-    return MixtureLoader(shard_dir, plan, batch_size, seed, rank, world_size, num_workers, state)
+    return MixtureLoader(shard_dir, plan, batch_size, seed, rank, world_size, num_workers, state, crop_seconds)

@@ -102,18 +102,23 @@ def _batches(it, n):
 @pytest.mark.parametrize("num_workers", [0, 2])
 def test_loader_resume_exact(shard_dir, num_workers):
     plan = plan_mixture(stream_hours(shard_dir), "speech-heavy")
-    ref = MixtureLoader(shard_dir, plan, batch_size=4, seed=7, num_workers=num_workers)
+    crop = 2.0 if num_workers else 0.0  # seeded random crops must resume exactly too
+    ref = MixtureLoader(shard_dir, plan, batch_size=4, seed=7, num_workers=num_workers, crop_seconds=crop)
     it = iter(ref)
     _batches(it, 5)
     state = json.loads(json.dumps(ref.state_dict()))  # survives a JSON / checkpoint round trip
     expected = _batches(it, 6)
-    resumed = MixtureLoader(shard_dir, plan, batch_size=4, seed=7, num_workers=num_workers, state=state)
+    resumed = MixtureLoader(shard_dir, plan, batch_size=4, seed=7, num_workers=num_workers, state=state,
+                            crop_seconds=crop)
     got = _batches(iter(resumed), 6)
+    if crop:
+        assert max(int(b[1].max()) for b in got) == 32000  # the 6 s songs were cropped to 2 s
     for (w0, l0, s0), (w1, l1, s1) in zip(expected, got):
         assert s0 == s1 and torch.equal(l0, l1) and torch.equal(w0, w1)
     assert resumed.seconds == pytest.approx(ref.seconds)
     # a different seed gives a different stream (the comparison above can fail)
-    other = _batches(iter(MixtureLoader(shard_dir, plan, batch_size=4, seed=8, num_workers=num_workers)), 11)
+    other = _batches(iter(MixtureLoader(shard_dir, plan, batch_size=4, seed=8, num_workers=num_workers,
+                                        crop_seconds=crop)), 11)
     assert any(not torch.equal(a[0], b[0]) for a, b in zip(expected, other[5:]))
     with pytest.raises(ManifestError, match="batch_size"):
         MixtureLoader(shard_dir, plan, batch_size=5, seed=7, num_workers=num_workers, state=state)

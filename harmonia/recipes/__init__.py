@@ -1,0 +1,5 @@
+"""Runs as Python functions: `harmonia.recipes.pretrain` holds the pre-training recipes."""
+
+from harmonia.recipes.pretrain import RECIPES as PRETRAIN_RECIPES
+
+__all__ = ["PRETRAIN_RECIPES"]

@@ -1,0 +1,55 @@
+"""`harmonia pretrain RECIPE [--set key=value ...] [--export DIR] [--iterations N]`."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import os
+import sys
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="a recipe of harmonia.recipes.pretrain, e.g. beats_tiny_debug, beats_base, "
+                                  "beats_large_speech_heavy, beats_large_balanced")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set data.shards=DIR --set optim.lr=1e-4")
+    p.add_argument("--export", metavar="DIR", help="write the trained encoder in harmonia's format")
+    p.add_argument("--iterations", type=int, default=1,
+                   help="BEATs iterations (tokenizer -> encoder -> VQ-KD tokenizer -> ...); exports under run.out_dir")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from harmonia.recipes.pretrain import RECIPES
+    from harmonia.train.config import ConfigError, apply_overrides
+    from harmonia.train.pretrain import iterate, pretrain
+
+    if args.recipe not in RECIPES:
+        close = difflib.get_close_matches(args.recipe, list(RECIPES), n=3)
+        print(f"unknown recipe {args.recipe!r}; known: {sorted(RECIPES)}"
+              + (f" (did you mean {close[0]}?)" if close else ""), file=sys.stderr)
+        return 2
+    try:
+        cfg = apply_overrides(RECIPES[args.recipe](), args.overrides)
+        if args.print_config:
+            print(json.dumps(cfg.to_dict(), indent=1))
+            return 0
+        cfg.validate()
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    if args.iterations > 1:
+        out = iterate(cfg, args.iterations, cfg.run.out_dir)
+        print(f"final encoder: {out}")
+    else:
+        record = pretrain(cfg, export=args.export)
+        if os.environ.get("RANK", "0") == "0":
+            print(json.dumps(record))
+    return 0
+
+
+def add_parser(subparsers) -> None:
+    p = subparsers.add_parser("pretrain", help="BEATs pre-training from a recipe (torchrun for several processes)")
+    add_arguments(p)
+    p.set_defaults(func=run_from_args)
