@@ -9,7 +9,8 @@ import sys
 
 # Modules that register subcommands, in the order `harmonia --help` lists them.
 SUBCOMMAND_MODULES = [
-    "harmonia.commands",  # encode, info, list, convert, bench
+    "harmonia.demo.cli",  # demo (the README's main job)
+    "harmonia.commands",  # encode, info, convert, bench
     "harmonia.registry_cli",  # list, xares-export
     "harmonia.eval.cli",  # evaluate, report
     "harmonia.data.cli",
