@@ -37,3 +37,38 @@ def tiny_config(shards: Path, out: Path, **extra: str) -> PretrainConfig:
             "data.batch_size": "2", "run.log_every": "1", "run.ckpt_every": "2", "run.max_steps": "4",
             "optim.warmup_steps": "2", "optim.decay_steps": "10", **extra}
     return apply_overrides(beats_tiny_debug(), [f"{k}={v}" for k, v in sets.items()])
+
+
+def make_structured_pool(root: Path, seed: int = 0) -> dict[str, tuple[str, Path]]:
+    """Audio with learnable structure: AM tones (music), gated harmonic chirps (speech), low-passed
+    noise bursts (sound). Returns corpus -> (domain, folder)."""
+    import numpy as np
+    import soundfile as sf
+
+    rng = np.random.default_rng(seed)
+    sr = 16000
+
+    def tone(sec):
+        t = np.arange(int(sec * sr)) / sr
+        return 0.3 * np.sin(2 * np.pi * rng.uniform(200, 2000) * t) * (1 + 0.5 * np.sin(2 * np.pi * rng.uniform(0.5, 3) * t))
+
+    def noise(sec):
+        k = int(rng.integers(1, 50))
+        x = np.convolve(rng.standard_normal(int(sec * sr)), np.ones(k) / k, "same")
+        return 0.3 * x / np.abs(x).max()
+
+    def chirp(sec):
+        t = np.arange(int(sec * sr)) / sr
+        f0 = rng.uniform(100, 250)
+        x = sum(np.sin(2 * np.pi * f0 * h * t + 3 * np.sin(2 * np.pi * 4 * t)) / h for h in range(1, 6))
+        return 0.2 * x * (np.sin(2 * np.pi * 3 * t) > 0)
+
+    out = {}
+    for corpus, domain, fn, n, sec in [("talk", "speech", chirp, 12, 3.0), ("songs", "music", tone, 6, 6.0),
+                                       ("fx", "sound", noise, 8, 2.5)]:
+        d = root / corpus
+        d.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            sf.write(d / f"{corpus}{i:03d}.wav", fn(sec).astype(np.float32), sr)
+        out[corpus] = (domain, d)
+    return out

@@ -1,0 +1,200 @@
+"""Pre-training step benchmark: BEATs base, forward + backward + AdamW step, fp32 on CPU.
+
+harmonia:  `MaskedPatchObjective` (fbank → keep 25 % → encoder → 3-layer predictor → CE on masked)
+reference: ESPnet `BeatsEncoder(is_pretraining=True)` + `BeatsPretrainingPredictor` (PyPI openbeats
+           0.1.1) with the same config and the same loss, run in the reference venv
+           (`bash shared/bench/make_reference_env.sh /tmp/refenv`), never imported by harmonia.
+
+Each implementation runs in its own fresh process (peak RSS is per process); runs alternate
+harmonia / reference `--repeats` times and the median step time is reported, because the CPU may
+be shared. Labels are random codes (the tokenizer is outside both timings).
+
+    python benchmarks/pretrain_step.py --batch 4 --repeats 3 [--refenv /tmp/refenv]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASE = dict(encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12,
+            embed_dim=512, input_patch_size=16, conv_bias=False, activation_fn="gelu", layer_norm_first=False,
+            deep_norm=True, conv_pos=128, conv_pos_groups=16, relative_position_embedding=True, num_buckets=320,
+            max_distance=800, gru_rel_pos=True, dropout=0.1, attention_dropout=0.1, activation_dropout=0.0,
+            encoder_layerdrop=0.0, dropout_input=0.0)
+DECODER_DIM, DECODER_LAYERS, VOCAB, MASK_RATIO = 768, 3, 1024, 0.75
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def flops_per_clip(seconds: float = 10.0, masked_logits_only: bool = True) -> dict[str, float]:
+    """Analytical forward FLOPs per clip (multiply-add = 2 FLOPs); a training step is ~3x forward
+    (backward = 2x). Returns the parts and the step total."""
+    N = int(seconds * 16000)
+    T = 1 + (N - 400) // 160
+    P = (T // 16) * 8
+    K = round(P * (1 - MASK_RATIO))
+    E, D, F, L, Dd = BASE["embed_dim"], BASE["encoder_embed_dim"], BASE["encoder_ffn_embed_dim"], BASE["encoder_layers"], DECODER_DIM
+
+    def layers(n_tok: int, d: int, n_layers: int) -> float:
+        proj = 2 * n_tok * 4 * d * d  # q, k, v, out
+        attn = 2 * 2 * n_tok * n_tok * d  # q·k and attn·v
+        ffn = 2 * 2 * n_tok * d * F
+        return n_layers * (proj + attn + ffn)
+
+    parts = {
+        "patch_embed": 2 * P * E * 256,
+        "post_extract_proj": 2 * K * E * D,
+        "pos_conv": 2 * K * D * (D // BASE["conv_pos_groups"]) * BASE["conv_pos"],
+        "encoder_layers": layers(K, D, L),
+        "decoder_embed": 2 * K * D * Dd,
+        "predictor_layers": layers(P, Dd, DECODER_LAYERS),
+        "decoder_pred": 2 * (P - K if masked_logits_only else P) * Dd * VOCAB,
+    }
+    parts["forward"] = sum(parts.values())
+    parts["step"] = 3 * parts["forward"]
+    return parts
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * n**3 * reps / (time.perf_counter() - t) / 1e9
+
+
+# -------------------------------------------------------------------------------------------------
+# one implementation, in this process
+
+
+def _run(impl: str, batch: int, steps: int, seconds: float) -> dict:
+    import torch
+
+    torch.manual_seed(0)
+    N = int(seconds * 16000)
+    wav = 0.1 * torch.randn(batch, N)
+    lengths = torch.full((batch,), N, dtype=torch.long)
+    if impl == "harmonia":
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from harmonia.layers.frontend import beats_fbank
+        from harmonia.models.beats import BeatsConfig, exact_patch_mask
+        from harmonia.train.objective import MaskedPatchObjective
+
+        model = MaskedPatchObjective(BeatsConfig(**BASE), DECODER_DIM, DECODER_LAYERS, VOCAB, MASK_RATIO, 0.1)
+        gen = torch.Generator().manual_seed(0)
+
+        def loss_fn(labels):
+            fbank = beats_fbank(wav)
+            pad = exact_patch_mask(lengths, fbank.shape[1] // 16)
+            return model(fbank, pad, labels, gen)[0]
+    else:
+        from openbeats.beats_encoder import BeatsEncoder, BeatsPretrainingPredictor
+
+        cfg = {**BASE, "decoder_embed_dim": DECODER_DIM, "decoder_layers": DECODER_LAYERS,
+               "codebook_vocab_size": VOCAB, "mask_ratio": MASK_RATIO, "use_flash_attn": False}
+        encoder = BeatsEncoder(input_size=1, beats_config=cfg, is_pretraining=True)
+        predictor = BeatsPretrainingPredictor(cfg)
+        model = torch.nn.ModuleDict({"encoder": encoder, "decoder": predictor})
+
+        def loss_fn(labels):
+            x, patch_len, restore_ids, kept = encoder(wav, lengths)
+            logits = predictor(x, patch_len, restore_ids, kept)
+            pad = torch.arange(logits.shape[1])[None] >= patch_len[:, None]
+            sel = ~kept & ~pad  # masked, valid patches (as ESPnet BeatsPretrainModel)
+            return torch.nn.functional.cross_entropy(logits[sel], labels[:, : logits.shape[1]][sel],
+                                                     label_smoothing=0.1, reduction="sum") / sel.sum()
+
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01)
+    T = 1 + (N - 400) // 160
+    labels = torch.randint(0, VOCAB, (batch, (T // 16) * 8))
+    rss_model = rss_mb()
+    times = []
+    for i in range(steps + 1):  # the first step warms up allocators and kernels
+        t = time.perf_counter()
+        loss = loss_fn(labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if i:
+            times.append(time.perf_counter() - t)
+    params = sum(p.numel() for p in model.parameters())
+    return {"impl": impl, "batch": batch, "seconds": seconds, "threads": torch.get_num_threads(),
+            "step_s": statistics.median(times), "times": times, "params": params,
+            "rss_after_build_mb": rss_model, "peak_rss_mb": rss_mb(), "loss": float(loss)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--impl", choices=["harmonia", "reference", "both"], default="both")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=10.0)
+    ap.add_argument("--repeats", type=int, default=2, help="alternating fresh processes per implementation")
+    ap.add_argument("--refenv", default="/tmp/refenv")
+    ap.add_argument("--json", help="write all results here")
+    args = ap.parse_args()
+    if args.impl != "both":
+        print(json.dumps(_run(args.impl, args.batch, args.steps, args.seconds)))
+        return 0
+
+    me = str(Path(__file__).resolve())
+    pys = {"harmonia": sys.executable, "reference": str(Path(args.refenv) / "bin" / "python")}
+    if not Path(pys["reference"]).exists():
+        print(f"no reference venv at {args.refenv}: build it with "
+              f"`bash shared/bench/make_reference_env.sh {args.refenv}`", file=sys.stderr)
+        return 2
+    results: dict[str, list[dict]] = {"harmonia": [], "reference": []}
+    for r in range(args.repeats):
+        for impl in ("harmonia", "reference"):
+            cmd = [pys[impl], me, "--impl", impl, "--batch", str(args.batch), "--steps", str(args.steps),
+                   "--seconds", str(args.seconds)]
+            out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
+            if out.returncode:
+                print(out.stderr[-3000:], file=sys.stderr)
+                return 1
+            res = json.loads(out.stdout.strip().splitlines()[-1])
+            results[impl].append(res)
+            print(f"[{r}] {impl:<9} step {res['step_s']:.2f} s  peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
+    gflops = matmul_gflops()
+    fl_h = flops_per_clip(args.seconds, masked_logits_only=True)
+    fl_r = flops_per_clip(args.seconds, masked_logits_only=False)
+    print(f"\nBEATs base pre-training step, batch {args.batch} x {args.seconds:g} s, fp32 CPU, "
+          f"{results['harmonia'][0]['threads']} threads; fp32 matmul now: {gflops:.0f} GFLOP/s")
+    print(f"{'impl':<10}{'params':>12}{'step s':>9}{'clips/s':>9}{'GFLOP/step':>12}{'GFLOP/s':>9}"
+          f"{'RSS model MB':>14}{'peak RSS MB':>13}")
+    summary = {}
+    for impl, fl in (("harmonia", fl_h), ("reference", fl_r)):
+        rs = results[impl]
+        step = statistics.median(r["step_s"] for r in rs)
+        gf = fl["step"] * args.batch / 1e9
+        summary[impl] = {"step_s": step, "clips_per_s": args.batch / step, "gflop_step": gf,
+                         "gflops": gf / step, "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+                         "rss_after_build_mb": max(r["rss_after_build_mb"] for r in rs), "params": rs[0]["params"]}
+        s = summary[impl]
+        print(f"{impl:<10}{s['params']:>12,}{step:>9.2f}{s['clips_per_s']:>9.3f}{gf:>12.0f}{s['gflops']:>9.1f}"
+              f"{s['rss_after_build_mb']:>14.0f}{s['peak_rss_mb']:>13.0f}")
+    print(f"speed-up harmonia / reference: {summary['harmonia']['clips_per_s'] / summary['reference']['clips_per_s']:.2f}x")
+    print("forward FLOPs per clip (harmonia):", {k: f"{v / 1e9:.2f}G" for k, v in fl_h.items()})
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": results, "summary": summary, "matmul_gflops": gflops,
+                                               "flops_harmonia": fl_h, "flops_reference": fl_r}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
