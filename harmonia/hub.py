@@ -115,14 +115,53 @@ def save_harmonia(encoder: AudioEncoder, out_dir: str | os.PathLike) -> Path:
     return out
 
 
-def load_harmonia(path: str | os.PathLike, **options) -> AudioEncoder:
-    from safetensors.torch import load_file
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
 
+
+def read_safetensors(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file without a second copy in RAM.
+
+    dtype None: views of one copy-on-write memory map; nothing is read until used, so loading costs
+    no RAM beyond the pages touched. With `dtype`: floating matrices (ndim >= 2) are read one at a time
+    with plain reads and converted, so the peak is the converted weights plus one tensor (a memory
+    map would keep every touched fp32 page resident while converting). Smaller tensors keep their
+    stored dtype; the family decides (e.g. Dasheng's input BatchNorm stays fp32).
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        header_len = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(header_len))
+        header.pop("__metadata__", None)
+        base = 8 + header_len
+        storage = None
+        out = {}
+        for name, info in header.items():
+            start, end = info["data_offsets"]
+            stored = _SAFETENSORS_DTYPES[info["dtype"]]
+            if dtype is not None and stored.is_floating_point and len(info["shape"]) >= 2 and stored != dtype:
+                f.seek(base + start)
+                buf = bytearray(end - start)
+                f.readinto(buf)
+                out[name] = torch.frombuffer(buf, dtype=stored).reshape(info["shape"]).to(dtype)
+                continue
+            if storage is None:
+                storage = torch.from_file(str(path), shared=False, size=path.stat().st_size, dtype=torch.uint8)
+            raw = storage[base + start: base + end]
+            if (base + start) % stored.itemsize:  # misaligned for a view: copy this one tensor
+                raw = raw.clone()
+            out[name] = raw.view(stored).reshape(info["shape"])
+    return out
+
+
+def load_harmonia(path: str | os.PathLike, **options) -> AudioEncoder:
     path = Path(path)
     config = json.loads((path / "config.json").read_text())
     if config.get("version", 0) > HARMONIA_FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer harmonia (format version {config['version']}); upgrade harmonia")
-    state = load_file(str(path / "model.safetensors"))  # memory-mapped
+    dtype = options.get("dtype")
+    state = read_safetensors(path / "model.safetensors", getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     return _family(config["family"]).from_harmonia(config, state, **options)
 
 

@@ -15,7 +15,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 import harmonia
-from harmonia.encoders.dasheng import DashengEncoder, hf_architecture, load_safetensors_mmap
+from harmonia.encoders.dasheng import DashengEncoder, hf_architecture
+from harmonia.hub import read_safetensors
 from harmonia.hub import CheckpointError, save_harmonia
 from harmonia.layers.frontend import hann_window, htk_mel_filterbank, log_mel_db, power_mel
 from harmonia.models.dasheng import PRESETS, Dasheng, DashengConfig, infer_config, num_parameters
@@ -184,10 +185,17 @@ def test_hf_architecture_precedence():
 
 def test_safetensors_mmap_reader_matches_safetensors():
     path = FIX / "model_a_hf" / "model.safetensors"
-    ours, ref = load_safetensors_mmap(path), load_file(str(path))
+    ours, ref = read_safetensors(path), load_file(str(path))
     assert ours.keys() == ref.keys()
     for k in ref:
         assert ours[k].dtype == ref[k].dtype and torch.equal(ours[k], ref[k]), k
+    # streamed conversion: matrices converted to the requested dtype, vectors kept as stored
+    half = read_safetensors(path, torch.bfloat16)
+    for k in ref:
+        if ref[k].ndim >= 2:
+            assert half[k].dtype == torch.bfloat16 and torch.equal(half[k], ref[k].to(torch.bfloat16)), k
+        else:
+            assert half[k].dtype == ref[k].dtype and torch.equal(half[k], ref[k]), k
 
 
 # -------------------------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from harmonia.encoder import AudioEncoder, EncoderOutput, encode_in_chunks
+from harmonia.hub import read_safetensors
 from harmonia.models.dasheng import (
     PRESETS,
     Dasheng,
@@ -200,31 +201,6 @@ def hf_architecture(hf_config: Mapping) -> dict:
     return arch
 
 
-def load_safetensors_mmap(path: str | os.PathLike) -> dict[str, Tensor]:
-    """Tensors of a safetensors file as views of one memory-mapped storage (copy-on-write private
-    mapping): nothing is read until used, so loading costs no RAM beyond the pages touched."""
-    path = Path(path)
-    with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
-    header.pop("__metadata__", None)
-    dtypes = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
-              "BOOL": torch.bool}
-    size = path.stat().st_size
-    storage = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
-    base = 8 + header_len
-    out = {}
-    for name, info in header.items():
-        start, end = info["data_offsets"]
-        dtype = dtypes[info["dtype"]]
-        raw = storage[base + start : base + end]
-        if (base + start) % dtype.itemsize:  # misaligned for a view: copy this one tensor
-            raw = raw.clone()
-        out[name] = raw.view(dtype).reshape(info["shape"])
-    return out
-
-
 def from_dir(path: str | os.PathLike, num_heads: int | None = None, **options) -> DashengEncoder:
     """Hugging Face layout: `encoder.`-prefixed keys, no front-end buffers (computed here),
     architecture from config.json (see `hf_architecture`); num_heads= overrides it."""
@@ -233,7 +209,7 @@ def from_dir(path: str | os.PathLike, num_heads: int | None = None, **options) -
     path = Path(path)
     hf_config = json.loads((path / "config.json").read_text())
     arch = hf_architecture(hf_config)
-    raw = load_safetensors_mmap(path / "model.safetensors")
+    raw = read_safetensors(path / "model.safetensors")
     foreign = sorted(k for k in raw if not k.startswith(HF_PREFIX))
     if foreign:
         raise CheckpointError(f"{path}: unexpected keys outside the encoder {foreign} (expected only "
