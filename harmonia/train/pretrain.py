@@ -231,9 +231,10 @@ def pretrain(cfg: PretrainConfig, export: str | Path | None = None) -> dict:
         bar.close()
     if export is not None:
         if run.parallel == "fsdp" and dist.is_initialized():
-            state, _ = _full_state(model_w, optimizer, run.parallel)
-            model = build_task(cfg, targets)
-            model.load_state_dict(state)
+            state, _ = _full_state(model_w, optimizer, run.parallel)  # collective; full only on rank 0
+            if info.is_main:
+                model = build_task(cfg, targets)
+                model.load_state_dict(state)
         if info.is_main:
             export_model(unwrap(model), cfg, export)
         barrier()
