@@ -164,8 +164,10 @@ def combine_runs(runs: list[dict], track: str = "mlp") -> tuple[list[str], list[
                     + [_fmt(r["tasks"].get(n, {}).get(track)) if r["tasks"].get(n, {}).get("status") == "ok" else "–"
                        for r in runs])
     for subset in ("table1", "all"):
-        rows.append([f"**Weighted average ({subset})**", "", ""]
-                    + [_avg(r.get("summary", {}).get(f"{track}_{subset}")) for r in runs])
+        values = [r.get("summary", {}).get(f"{track}_{subset}") for r in runs]
+        if subset == "table1" and all(v is None for v in values):
+            continue  # no Table I task in these runs (custom tasks only)
+        rows.append([f"**Weighted average ({subset})**", "", ""] + [_avg(v) for v in values])
     return header, rows
 
 
