@@ -219,7 +219,10 @@ class GatedRelPosAttention(nn.Module):
             self.grep_a = nn.Parameter(torch.ones(1, H, 1, 1))
         self.dropout_p = cfg.attention_dropout
 
-    def forward(self, x_BND: Tensor, bias_HNN: Tensor | None, key_pad_BN: Tensor | None) -> Tensor:
+    def forward(self, x_BND: Tensor, bias_HNN: Tensor | None, key_pad_BN: Tensor | None,
+                workspace: Tensor | None = None) -> Tensor:
+        """`workspace` (B, H, N, N), inference only: where the gated bias is written instead of a
+        fresh allocation (a large tensor per layer costs page faults on every call)."""
         B, N, D = x_BND.shape
         H, d = self.num_heads, self.head_dim
 
@@ -236,13 +239,13 @@ class GatedRelPosAttention(nn.Module):
                 b = self.grep_linear.bias.view(2, 4).sum(1)
                 gate_a, gate_b = torch.sigmoid(F.linear(q, w, b)).chunk(2, dim=-1)
                 gate_BHN1 = gate_a * (gate_b * self.grep_a - 1.0) + 2.0
-                mask = gate_BHN1 * bias_HNN
+                mask = gate_BHN1 * bias_HNN if workspace is None else torch.mul(gate_BHN1, bias_HNN, out=workspace)
             else:
                 mask = bias_HNN.unsqueeze(0).expand(B, -1, -1, -1)
         if key_pad_BN is not None:
             pad = torch.zeros(B, 1, 1, N, dtype=q.dtype, device=q.device).masked_fill(
                 key_pad_BN[:, None, None, :], float("-inf"))
-            mask = pad if mask is None else mask + pad
+            mask = pad if mask is None else (mask + pad if workspace is None else mask.add_(pad))
         if mask is not None:
             mask = mask.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask,
@@ -284,12 +287,14 @@ class TransformerLayer(nn.Module):
     def ffn(self, x: Tensor) -> Tensor:
         return self.fc2(self.activation_dropout(self.act(self.fc1(x))))
 
-    def forward(self, x: Tensor, bias_HNN: Tensor | None, key_pad_BN: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, bias_HNN: Tensor | None, key_pad_BN: Tensor | None,
+                workspace: Tensor | None = None) -> Tensor:
         if self.pre_ln:
-            x = x + self.dropout(self.self_attn(self.self_attn_layer_norm(x), bias_HNN, key_pad_BN))
+            x = x + self.dropout(self.self_attn(self.self_attn_layer_norm(x), bias_HNN, key_pad_BN, workspace))
             return x + self.dropout(self.ffn(self.final_layer_norm(x)))
         # DeepNorm residual α·x + f(x) as one fused op
-        x = self.self_attn_layer_norm(torch.add(self.dropout(self.self_attn(x, bias_HNN, key_pad_BN)), x, alpha=self.alpha))
+        attn = self.self_attn(x, bias_HNN, key_pad_BN, workspace)
+        x = self.self_attn_layer_norm(torch.add(self.dropout(attn), x, alpha=self.alpha))
         return self.final_layer_norm(torch.add(self.dropout(self.ffn(x)), x, alpha=self.alpha))
 
 
@@ -316,15 +321,28 @@ class TransformerStack(nn.Module):
                                               self.cfg.max_distance)
         return self.relative_attention_bias(buckets_NN).permute(2, 0, 1).contiguous()
 
+    def _workspace(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A reusable (B, H, N, N) buffer for the gated bias (inference): one allocation kept across
+        layers and calls, grown when a larger batch arrives."""
+        numel = math.prod(shape)
+        ws = getattr(self, "_ws", None)
+        if ws is None or ws.numel() < numel or ws.dtype != like.dtype or ws.device != like.device:
+            ws = self._ws = torch.empty(numel, dtype=like.dtype, device=like.device)
+        return ws[:numel].view(shape)
+
     def forward(self, x_BND: Tensor, key_pad_BN: Tensor | None = None, num_layers: int | None = None,
                 output_hidden_states: bool = False) -> tuple[Tensor, list[Tensor]]:
         """Run the first `num_layers` layers (all by default). Returns the output and, if asked, the
         states [input, after layer 1, ..., after layer num_layers]."""
         bias = self.position_bias(x_BND.shape[1], x_BND.device)
+        workspace = None
+        if bias is not None and self.cfg.gru_rel_pos and not torch.is_grad_enabled():
+            B, N = x_BND.shape[:2]
+            workspace = self._workspace((B, bias.shape[0], N, N), x_BND)
         hidden = [x_BND] if output_hidden_states else []
         for layer in self.layers[: num_layers if num_layers is not None else len(self.layers)]:
             if not (self.training and self.layerdrop > 0 and torch.rand(()) < self.layerdrop):
-                x_BND = layer(x_BND, bias, key_pad_BN)
+                x_BND = layer(x_BND, bias, key_pad_BN, workspace)
             if output_hidden_states:
                 hidden.append(x_BND)
         return x_BND, hidden
