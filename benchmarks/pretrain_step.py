@@ -89,10 +89,12 @@ def _run(impl: str, batch: int, steps: int, seconds: float) -> dict:
     lengths = torch.full((batch,), N, dtype=torch.long)
     if impl == "harmonia":
         sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from harmonia.encoder import tune_allocator
         from harmonia.layers.frontend import beats_fbank
         from harmonia.models.beats import BeatsConfig, exact_patch_mask
         from harmonia.train.objective import MaskedPatchObjective
 
+        tune_allocator()  # as harmonia.train.pretrain does at start
         model = MaskedPatchObjective(BeatsConfig(**BASE), DECODER_DIM, DECODER_LAYERS, VOCAB, MASK_RATIO, 0.1)
         gen = torch.Generator().manual_seed(0)
 
@@ -118,7 +120,9 @@ def _run(impl: str, batch: int, steps: int, seconds: float) -> dict:
                                                      label_smoothing=0.1, reduction="sum") / sel.sum()
 
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01)
+    # each toolkit's own optimiser: harmonia.train.optim uses the fused AdamW kernel, ESPnet the default
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01,
+                            fused=True if impl == "harmonia" else None)
     T = 1 + (N - 400) // 160
     labels = torch.randint(0, VOCAB, (batch, (T // 16) * 8))
     rss_model = rss_mb()

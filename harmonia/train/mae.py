@@ -108,9 +108,11 @@ def train_dasheng_mae(shards: str | Path, ratio: str, cfg: DashengConfig, steps:
     """Pre-train a Dasheng encoder with the MAE objective on a shard folder (`harmonia data shard`)
     mixed at `ratio`. Returns the trained `DashengEncoder`. Single process; logs JSONL if `log`."""
     from harmonia.data.loader import build_loader
+    from harmonia.encoder import tune_allocator
     from harmonia.encoders.dasheng import DashengEncoder
     from harmonia.train.optim import warmup_decay
 
+    tune_allocator()
     torch.manual_seed(seed)
     model = DashengMAE(cfg)
     loader = build_loader(shards, ratio, batch_size, seed=seed)

@@ -23,6 +23,7 @@ from torch import nn
 
 from harmonia.data.loader import build_loader
 from harmonia.data.mixture import RATIO_ORDER
+from harmonia.encoder import tune_allocator
 from harmonia.layers.frontend import beats_fbank
 from harmonia.models.beats import BeatsConfig, exact_patch_mask
 from harmonia.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
@@ -106,6 +107,7 @@ def pretrain(cfg: PretrainConfig, export: str | Path | None = None) -> dict:
     """Train (or resume) per `cfg`; returns the last logged record. Multi-process under torchrun."""
     # -- setup ------------------------------------------------------------------------------------
     cfg.validate()
+    tune_allocator()  # large activations re-fault their pages every step otherwise (~15 % on CPU)
     info: DistInfo = init_distributed()
     run, out = cfg.run, Path(cfg.run.out_dir)
     use_bf16 = run.precision == "bf16" or (run.precision == "auto" and info.device.type == "cuda")
