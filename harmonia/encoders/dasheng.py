@@ -209,7 +209,9 @@ def from_dir(path: str | os.PathLike, num_heads: int | None = None, **options) -
     path = Path(path)
     hf_config = json.loads((path / "config.json").read_text())
     arch = hf_architecture(hf_config)
-    raw = read_safetensors(path / "model.safetensors")
+    dtype = options.get("dtype")
+    # with a dtype, matrices are converted while read (no fp32 copy stays resident)
+    raw = read_safetensors(path / "model.safetensors", getattr(torch, dtype) if isinstance(dtype, str) else dtype)
     foreign = sorted(k for k in raw if not k.startswith(HF_PREFIX))
     if foreign:
         raise CheckpointError(f"{path}: unexpected keys outside the encoder {foreign} (expected only "
