@@ -68,6 +68,9 @@ class BeatsEncoder(AudioEncoder):
             raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
         if mask not in MASKS:
             raise ValueError(f"mask={mask!r}: expected one of {MASKS}")
+        if model.cfg.input_patch_size != 16:  # frame/row accounting below assumes the released 16x16 patches
+            raise ValueError(f"input_patch_size={model.cfg.input_patch_size}: BeatsEncoder supports the released "
+                             "16x16 patches only (every BEATs/OpenBEATs release); use BeatsModel directly")
         L = model.cfg.encoder_layers
         if layer is not None and not (0 <= layer <= L or -L <= layer < 0):
             raise ValueError(f"layer={layer}: this model has {L} layers; expected 0..{L} (state after k "
