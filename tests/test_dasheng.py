@@ -16,8 +16,7 @@ from safetensors.torch import load_file, save_file
 
 import harmonia
 from harmonia.encoders.dasheng import DashengEncoder, hf_architecture
-from harmonia.hub import read_safetensors
-from harmonia.hub import CheckpointError, save_harmonia
+from harmonia.hub import CheckpointError, read_safetensors, save_harmonia
 from harmonia.layers.frontend import hann_window, htk_mel_filterbank, log_mel_db, power_mel
 from harmonia.models.dasheng import PRESETS, Dasheng, DashengConfig, infer_config, num_parameters
 
