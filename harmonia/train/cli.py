@@ -23,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     from harmonia.recipes.pretrain import RECIPES
     from harmonia.train.config import ConfigError, apply_overrides
+    from harmonia.train.distributed import shutdown
     from harmonia.train.pretrain import iterate, pretrain
 
     if args.recipe not in RECIPES:
@@ -46,6 +47,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         record = pretrain(cfg, export=args.export)
         if os.environ.get("RANK", "0") == "0":
             print(json.dumps(record))
+    shutdown()  # on success only: a failing rank must exit with its error, not wait in a barrier
     return 0
 
 
