@@ -17,9 +17,18 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-import torch
-
 from harmonia.encoder import AudioEncoder
+from harmonia.io import (
+    CheckpointError,
+    parse_dtype,
+    read_safetensors,
+    torch_load,
+    write_json_atomic,
+    write_safetensors,
+)
+
+__all__ = ["CheckpointError", "torch_load", "read_safetensors", "load_encoder", "load_local", "save_harmonia",
+           "load_harmonia", "list_encoders"]
 
 FAMILY_MODULES = {
     "beats": "harmonia.encoders.beats",
@@ -30,10 +39,6 @@ HARMONIA_FORMAT = "harmonia-encoder"
 HARMONIA_FORMAT_VERSION = 1
 
 
-class CheckpointError(ValueError):
-    """A checkpoint could not be read or does not match the architecture it declares."""
-
-
 def _family(name: str) -> ModuleType:
     if name not in FAMILY_MODULES:
         raise CheckpointError(f"unknown encoder family {name!r}; known: {sorted(FAMILY_MODULES)}")
@@ -42,26 +47,6 @@ def _family(name: str) -> ModuleType:
 
 def _families() -> list[ModuleType]:
     return [_family(n) for n in FAMILY_MODULES]
-
-
-def torch_load(path: str | os.PathLike) -> dict:
-    """torch.load with weights_only=True (never unpickle code) and mmap when the file allows it."""
-    path = Path(path)
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:  # legacy (non-zip) serialisation cannot be memory-mapped
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        hint = ""
-        if "invalid load key" in str(e):
-            hint = " The file is probably an HTML page or a partial download: download it again."
-        raise CheckpointError(f"{path}: cannot read as a torch checkpoint with weights_only=True ({e}).{hint}") from e
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: expected a dict (state dict or {{'cfg','model'}}), found {type(obj).__name__}")
-    return obj
 
 
 def load_local(path: str | os.PathLike, **options) -> AudioEncoder:
@@ -101,57 +86,11 @@ def load_local(path: str | os.PathLike, **options) -> AudioEncoder:
 
 def save_harmonia(encoder: AudioEncoder, out_dir: str | os.PathLike) -> Path:
     """Write `config.json` + `model.safetensors` atomically (temp names, then rename)."""
-    from safetensors.torch import save_file
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     config = {"format": HARMONIA_FORMAT, "version": HARMONIA_FORMAT_VERSION, **encoder.export_config()}
-    state = {k: v.detach().contiguous().cpu() for k, v in encoder.export_state().items()}
-    tmp_w, tmp_c = out / "model.safetensors.tmp", out / "config.json.tmp"
-    save_file(state, str(tmp_w), metadata={"format": HARMONIA_FORMAT})
-    tmp_c.write_text(json.dumps(config, indent=2, sort_keys=True))
-    os.replace(tmp_w, out / "model.safetensors")
-    os.replace(tmp_c, out / "config.json")
-    return out
-
-
-_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
-                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
-                       "U8": torch.uint8, "BOOL": torch.bool}
-
-
-def read_safetensors(path: str | os.PathLike, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """The tensors of a safetensors file without a second copy in RAM.
-
-    dtype None: views of one copy-on-write memory map; nothing is read until used, so loading costs
-    no RAM beyond the pages touched. With `dtype`: floating matrices (ndim >= 2) are read one at a time
-    with plain reads and converted, so the peak is the converted weights plus one tensor (a memory
-    map would keep every touched fp32 page resident while converting). Smaller tensors keep their
-    stored dtype; the family decides (e.g. Dasheng's input BatchNorm stays fp32).
-    """
-    path = Path(path)
-    with open(path, "rb") as f:
-        header_len = int.from_bytes(f.read(8), "little")
-        header = json.loads(f.read(header_len))
-        header.pop("__metadata__", None)
-        base = 8 + header_len
-        storage = None
-        out = {}
-        for name, info in header.items():
-            start, end = info["data_offsets"]
-            stored = _SAFETENSORS_DTYPES[info["dtype"]]
-            if dtype is not None and stored.is_floating_point and len(info["shape"]) >= 2 and stored != dtype:
-                f.seek(base + start)
-                buf = bytearray(end - start)
-                f.readinto(buf)
-                out[name] = torch.frombuffer(buf, dtype=stored).reshape(info["shape"]).to(dtype)
-                continue
-            if storage is None:
-                storage = torch.from_file(str(path), shared=False, size=path.stat().st_size, dtype=torch.uint8)
-            raw = storage[base + start: base + end]
-            if (base + start) % stored.itemsize:  # misaligned for a view: copy this one tensor
-                raw = raw.clone()
-            out[name] = raw.view(stored).reshape(info["shape"])
+    write_safetensors(encoder.export_state(), out / "model.safetensors", metadata={"format": HARMONIA_FORMAT})
+    write_json_atomic(out / "config.json", config, indent=2, sort_keys=True)
     return out
 
 
@@ -161,7 +100,7 @@ def load_harmonia(path: str | os.PathLike, **options) -> AudioEncoder:
     if config.get("version", 0) > HARMONIA_FORMAT_VERSION:
         raise CheckpointError(f"{path}: written by a newer harmonia (format version {config['version']}); upgrade harmonia")
     dtype = options.get("dtype")
-    state = read_safetensors(path / "model.safetensors", getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    state = read_safetensors(path / "model.safetensors", parse_dtype(dtype))
     return _family(config["family"]).from_harmonia(config, state, **options)
 
 

@@ -1,0 +1,278 @@
+"""Leaf I/O: checkpoint reading and writing, the one dtype parser and the one atomic-write helper.
+
+This module imports nothing of harmonia, so every other module (models, encoders, hub, data, train,
+eval) can use it without import cycles.
+
+- `CheckpointError`: a checkpoint (or cache file) could not be read or does not match its declared
+  architecture. Every message names the file.
+- `torch_load`: `torch.load` with `weights_only=True` (never unpickles code), memory-mapped when the
+  file allows it.
+- `read_safetensors` / `write_safetensors`: the one safetensors reader (memory-mapped views, or
+  streamed per-tensor dtype conversion) and writer (atomic).
+- `parse_dtype`: "bf16", "bfloat16", "torch.bfloat16" and `torch.bfloat16` all mean the same thing.
+- `atomic_write` / `atomic_path` / `remove_stale_temps`: write to a unique temp name beside the target,
+  rename on success, delete the temp on any failure (ENOSPC, exception, Ctrl-C); temp files left by a
+  killed process are recognisable by name and removed on the next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+
+
+class CheckpointError(ValueError):
+    """A checkpoint could not be read or does not match the architecture it declares."""
+
+
+# -------------------------------------------------------------------------------------------------
+# dtypes
+
+_DTYPE_NAMES = {
+    "fp32": torch.float32, "float32": torch.float32, "float": torch.float32, "f32": torch.float32,
+    "fp16": torch.float16, "float16": torch.float16, "half": torch.float16, "f16": torch.float16,
+    "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+    "fp64": torch.float64, "float64": torch.float64, "double": torch.float64,
+}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
+    """One parser for every dtype option: None, a `torch.dtype`, or a name ("bf16", "bfloat16",
+    "torch.bfloat16", "fp16", "float32", ...). Raises ValueError naming the accepted spellings."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(dtype, str):
+        key = dtype.strip().lower().removeprefix("torch.")
+        if key in _DTYPE_NAMES:
+            return _DTYPE_NAMES[key]
+    raise ValueError(f"unknown dtype {dtype!r}: expected one of {sorted(_DTYPE_NAMES)} or a torch.dtype")
+
+
+# -------------------------------------------------------------------------------------------------
+# atomic writes
+
+_TMP_MARK = ".harmonia-tmp-"
+
+
+def _temp_name(target: Path) -> Path:
+    # Unique per process *and* call, so concurrent writers of one target never share a temp file.
+    # Hidden (leading dot) so that globbing readers never pick it up; the pid lets a later run tell
+    # whether its writer is still alive.
+    return target.with_name(f".{target.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
+    """Yield a unique temp path beside `target`; on success it is renamed onto `target`, on any
+    failure it is deleted. Use when a library writes the file itself (e.g. `torch.save(obj, tmp)`)."""
+    target = Path(target)
+    tmp = _temp_name(target)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_write(target: str | os.PathLike, mode: str = "w", **open_kwargs) -> Iterator:
+    """`open()` for writing, atomically: readers see the old file or the whole new one, never a part."""
+    if not any(c in mode for c in "wx"):
+        raise ValueError(f"atomic_write needs a write mode, got {mode!r}")
+    with atomic_path(target) as tmp:
+        with open(tmp, mode.replace("x", "w"), **open_kwargs) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_text_atomic(target: str | os.PathLike, text: str) -> None:
+    with atomic_write(target, "w", encoding="utf-8") as f:
+        f.write(text)
+
+
+def write_json_atomic(target: str | os.PathLike, obj, **dump_kwargs) -> None:
+    write_text_atomic(target, json.dumps(obj, **dump_kwargs))
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(directory: str | os.PathLike, min_age_s: float = 0.0) -> list[Path]:
+    """Delete temp files that `atomic_path` left in `directory` (not recursive) when their writer was
+    killed: those whose process no longer runs (or, for another host's pid, older than a day).
+    Returns the paths removed."""
+    directory = Path(directory)
+    removed = []
+    if not directory.is_dir():
+        return removed
+    now = time.time()
+    for p in directory.iterdir():
+        name = p.name
+        if _TMP_MARK not in name or not p.is_file():
+            continue
+        try:
+            pid = int(name.rsplit(_TMP_MARK, 1)[1].split("-")[0])
+            age = now - p.stat().st_mtime
+        except (ValueError, OSError):
+            continue
+        if age < min_age_s or (pid == os.getpid()) or (_pid_alive(pid) and age < 86400):
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+            removed.append(p)
+    return removed
+
+
+# -------------------------------------------------------------------------------------------------
+# torch checkpoints
+
+
+def torch_load(path: str | os.PathLike) -> dict:
+    """torch.load with weights_only=True (never unpickle code) and mmap when the file allows it."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: the file is empty (an interrupted download or copy?): fetch it again")
+    try:
+        try:
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as e:  # legacy (non-zip) serialisation cannot be memory-mapped
+            if "mmap" not in str(e):
+                raise
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        hint = ""
+        if "invalid load key" in str(e):
+            hint = " The file is probably an HTML page or a partial download: download it again."
+        raise CheckpointError(f"{path}: cannot read as a torch checkpoint with weights_only=True ({e}).{hint}") from e
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{path}: expected a dict (state dict or {{'cfg','model'}}), found {type(obj).__name__}")
+    return obj
+
+
+# -------------------------------------------------------------------------------------------------
+# safetensors
+
+_SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
+                       "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+                       "U8": torch.uint8, "BOOL": torch.bool}
+_MAX_HEADER = 100 * 2**20  # the safetensors format itself caps the JSON header at 100 MB
+
+
+def _safetensors_header(path: Path, f, size: int) -> tuple[dict, int]:
+    """Parse and validate the header: every failure is a CheckpointError naming the file."""
+    def bad(what: str) -> CheckpointError:
+        return CheckpointError(f"{path}: not a valid safetensors file ({what}); the file is corrupt or "
+                               "truncated: write or download it again")
+
+    if size < 8:
+        raise bad(f"{size} bytes, shorter than the 8-byte header length")
+    header_len = int.from_bytes(f.read(8), "little")
+    if header_len > min(_MAX_HEADER, size - 8):
+        raise bad(f"header length {header_len} exceeds the file ({size} bytes)")
+    try:
+        header = json.loads(f.read(header_len))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise bad(f"header is not JSON: {e}") from None
+    if not isinstance(header, dict):
+        raise bad("header is not a JSON object")
+    header.pop("__metadata__", None)
+    base = 8 + header_len
+    for name, info in header.items():
+        try:
+            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+            shape = [int(s) for s in info["shape"]]
+            start, end = (int(o) for o in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise bad(f"tensor {name!r}: unsupported dtype or malformed entry {info!r}") from None
+        numel = 1
+        for s in shape:
+            if s < 0:
+                raise bad(f"tensor {name!r}: negative dimension in shape {shape}")
+            numel *= s
+        if not 0 <= start <= end or end - start != numel * dtype.itemsize:
+            raise bad(f"tensor {name!r}: data offsets {start}..{end} do not fit shape {shape} of {info['dtype']}")
+        if base + end > size:
+            raise bad(f"tensor {name!r} ends at byte {base + end} but the file has {size} bytes")
+    return header, base
+
+
+def read_safetensors(path: str | os.PathLike, dtype: str | torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file without a second copy in RAM.
+
+    dtype None: views of one copy-on-write memory map; nothing is read until used, so loading costs
+    no RAM beyond the pages touched. With `dtype`: floating matrices (ndim >= 2) are read one at a time
+    with plain reads and converted, so the peak is the converted weights plus one tensor (a memory
+    map would keep every touched fp32 page resident while converting). Smaller tensors keep their
+    stored dtype; the family decides (e.g. Dasheng's input BatchNorm stays fp32).
+    """
+    path = Path(path)
+    dtype = parse_dtype(dtype)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such safetensors file")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        header, base = _safetensors_header(path, f, size)
+        storage = None
+        out = {}
+        for name, info in header.items():
+            start, end = info["data_offsets"]
+            stored = _SAFETENSORS_DTYPES[info["dtype"]]
+            if dtype is not None and stored.is_floating_point and len(info["shape"]) >= 2 and stored != dtype:
+                f.seek(base + start)
+                buf = bytearray(end - start)
+                f.readinto(buf)
+                out[name] = torch.frombuffer(buf, dtype=stored).reshape(info["shape"]).to(dtype)
+                continue
+            if storage is None:
+                storage = torch.from_file(str(path), shared=False, size=size, dtype=torch.uint8)
+            raw = storage[base + start: base + end]
+            if (base + start) % stored.itemsize:  # misaligned for a view: copy this one tensor
+                raw = raw.clone()
+            out[name] = raw.view(stored).reshape(info["shape"])
+    return out
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The `__metadata__` dict of a safetensors file (empty when absent)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        size = path.stat().st_size
+        if size < 8:
+            raise CheckpointError(f"{path}: not a valid safetensors file ({size} bytes)")
+        n = int.from_bytes(f.read(8), "little")
+        if n > min(_MAX_HEADER, size - 8):
+            raise CheckpointError(f"{path}: not a valid safetensors file (header length {n})")
+        try:
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
+            raise CheckpointError(f"{path}: not a valid safetensors header ({e})") from None
+    return meta
+
+
+def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
+                      metadata: dict[str, str] | None = None) -> None:
+    """Write tensors atomically (contiguous CPU copies; shared storage is fine)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
