@@ -61,14 +61,14 @@ def _random_tensor(name: str, shape: tuple[int, ...], dtype: torch.dtype, g: tor
 
 def random_member(name: str, seed: int = 0):
     """A registry architecture with random weights, built through the harmonia-format loader."""
-    from harmonia.hub import _family
+    from harmonia.hub import from_config
     from harmonia.registry import REGISTRY
 
     meta = REGISTRY[name].build_meta()
     g = torch.Generator().manual_seed(seed)
     state = {k: _random_tensor(k, tuple(v.shape), v.dtype, g) for k, v in meta.export_state().items()}
     config = meta.export_config()
-    return _family(config["family"]).from_harmonia(config, state)
+    return from_config(config, state)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -123,7 +123,7 @@ def throughput(a: argparse.Namespace) -> None:
 
 def make(a: argparse.Namespace) -> None:
     """Write config.json + model.safetensors without ever holding the weights in memory."""
-    from harmonia.hub import HARMONIA_FORMAT, HARMONIA_FORMAT_VERSION
+    from harmonia.hub import FORMAT_VERSION, HARMONIA_FORMAT
 
     names = a.members.split(",")
     meta = _meta_ensemble(names)
@@ -147,7 +147,7 @@ def make(a: argparse.Namespace) -> None:
             f.write(_random_tensor(k, shape, dtype, g).contiguous().numpy().tobytes()
                     if dtype != torch.bfloat16 else _random_tensor(k, shape, dtype, g).view(torch.int16).numpy().tobytes())
     os.replace(out / "model.safetensors.tmp", out / "model.safetensors")
-    config = {"format": HARMONIA_FORMAT, "version": HARMONIA_FORMAT_VERSION, **meta.export_config()}
+    config = {"format": HARMONIA_FORMAT, "version": FORMAT_VERSION, **meta.export_config()}
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True))
     params = sum(p.numel() for p in meta.parameters())
     print(json.dumps({"out": str(out), "members": names, "parameters": params, "bytes": offset,

@@ -16,26 +16,24 @@ The paper does not say how Dasheng was upsampled (specs/xares.md §6, open quest
 Our checkpoint format for an ensemble is the usual `config.json` + `model.safetensors`
 (`harmonia convert`): the config lists every member's own config and the weights carry the
 prefix `members.{i}.`. A directory whose `config.json` has `"format": "harmonia-ensemble"` and
-lists member sources (sub-directories, files, registry names) is read too (`write_linked_ensemble`).
+lists member sources (sub-directories, files, registry names) is read too
+(`harmonia.hub.write_linked_ensemble`). Both are read by `harmonia.hub`, which loads the members.
 """
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from harmonia.encoder import AudioEncoder, EncoderOutput
+from harmonia.io import check_type
 
 ALIGN_MODES = ("nearest", "linear")
 FUSE_MODES = ("concat", "mean")
 FAMILY = "ensemble"
-LINKED_FORMAT = "harmonia-ensemble"
 ENSEMBLE_OPTIONS = ("align", "reference", "fuse")
 
 
@@ -132,6 +130,9 @@ class EnsembleEncoder(AudioEncoder):
             if not isinstance(m, AudioEncoder):
                 raise TypeError(f"ensemble member {i} is a {type(m).__name__}; expected a harmonia AudioEncoder "
                                 "(build it with harmonia.load_encoder)")
+        for name, value, hint in (("align", align, str), ("reference", reference, int), ("fuse", fuse, str),
+                                  ("names", names, list[str] | tuple[str, ...] | None)):
+            check_type(f"EnsembleEncoder option {name}", value, hint)
         if align not in ALIGN_MODES:
             raise ValueError(f"align={align!r}: expected one of {ALIGN_MODES}")
         if fuse not in FUSE_MODES:
@@ -253,86 +254,3 @@ def configure_members(members: Sequence[AudioEncoder], shared: Mapping[str, Any]
         raise TypeError(f"no ensemble member takes option(s) {sorted(unused)}; the members take "
                         f"{sorted(set().union(*accepted))} and the ensemble takes {list(ENSEMBLE_OPTIONS)} + dtype, device")
     return [with_options(m, **{k: v for k, v in shared.items() if k in acc}) for m, acc in zip(members, accepted)]
-
-
-# -------------------------------------------------------------------------------------------------
-# family functions called by harmonia.hub
-
-
-def sniff_file(ckpt: dict, path: Path | None = None) -> bool:
-    return False  # an ensemble is never a single torch file
-
-
-def sniff_dir(path: str | os.PathLike) -> bool:
-    """A linked ensemble: config.json with "format": "harmonia-ensemble" listing member sources."""
-    cfg_file = Path(path) / "config.json"
-    if not cfg_file.is_file():
-        return False
-    try:
-        return json.loads(cfg_file.read_text()).get("format") == LINKED_FORMAT
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return False
-
-
-def write_linked_ensemble(out_dir: str | os.PathLike, members: Sequence[str], names: Sequence[str] | None = None,
-                          member_options: Sequence[Mapping[str, Any]] | None = None, **options: Any) -> Path:
-    """Write `out_dir/config.json` describing an ensemble of member sources (paths relative to
-    `out_dir`, absolute paths, registry names or repo ids), e.g. member sub-directories written by
-    `harmonia convert`. Loading it loads each member; no weights are duplicated."""
-    ens, _, rest = split_options(options)
-    if rest:
-        raise TypeError(f"write_linked_ensemble: unknown option(s) {sorted(rest)}; expected {list(ENSEMBLE_OPTIONS)}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    config = {"format": LINKED_FORMAT, "version": 1, "members": [str(m) for m in members],
-              "names": list(names) if names else None,
-              "member_options": [dict(o) for o in member_options] if member_options else None, "options": ens}
-    tmp = out / "config.json.tmp"
-    tmp.write_text(json.dumps(config, indent=2))
-    os.replace(tmp, out / "config.json")
-    return out
-
-
-def from_dir(path: str | os.PathLike, **options: Any) -> EnsembleEncoder:
-    from harmonia.hub import CheckpointError, load_encoder
-
-    path = Path(path)
-    config = json.loads((path / "config.json").read_text())
-    members = config.get("members")
-    if not isinstance(members, list) or not members:
-        raise CheckpointError(f"{path / 'config.json'}: expected a non-empty list 'members' of member sources "
-                              f"(sub-directories, files or registry names), found {members!r}")
-    per_member = config.get("member_options") or [{}] * len(members)
-    ens, build, shared = split_options(options)
-    built = []
-    for src, opts in zip(members, per_member):
-        local = path / src
-        built.append(load_encoder(local if local.exists() else src, **build, **opts))
-    return EnsembleEncoder(configure_members(built, shared), names=config.get("names"),
-                           **{**config.get("options", {}), **ens})
-
-
-def from_harmonia(config: dict[str, Any], state: Mapping[str, Tensor], **options: Any) -> EnsembleEncoder:
-    """harmonia's own format: the member configs in `config["members"]`, weights `members.{i}.*`."""
-    from harmonia.hub import CheckpointError, _family
-
-    ens, build, shared = split_options(options)
-    member_cfgs = config.get("members") or []
-    per_item: list[dict[str, Tensor]] = [{} for _ in member_cfgs]
-    for key, value in state.items():
-        head, _, rest = key.partition(".")
-        idx, _, name = rest.partition(".")
-        if head != "members" or not idx.isdigit() or int(idx) >= len(member_cfgs):
-            raise CheckpointError(f"ensemble checkpoint: unexpected key {key!r}; expected 'members.<i>.<key>' with "
-                                  f"i < {len(member_cfgs)}")
-        per_item[int(idx)][name] = value
-    accepted = [set(c.get("options", {})) for c in member_cfgs]
-    unused = set(shared) - set().union(*accepted)
-    if unused:
-        raise TypeError(f"no ensemble member takes option(s) {sorted(unused)}; the members take "
-                        f"{sorted(set().union(*accepted))}")
-    members = []
-    for cfg, sub, acc in zip(member_cfgs, per_item, accepted):
-        opts = {k: v for k, v in shared.items() if k in acc}
-        members.append(_family(cfg["family"]).from_harmonia(cfg, sub, **build, **opts))
-    return EnsembleEncoder(members, names=config.get("names"), **{**config.get("options", {}), **ens})

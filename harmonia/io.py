@@ -10,6 +10,9 @@ eval) can use it without import cycles.
 - `read_safetensors` / `write_safetensors`: the one safetensors reader (memory-mapped views, or
   streamed per-tensor dtype conversion) and writer (atomic).
 - `parse_dtype`: "bf16", "bfloat16", "torch.bfloat16" and `torch.bfloat16` all mean the same thing.
+- `check_type` / `check_fields`: a config value (or every field of a config dataclass) has the type
+  its annotation says, so that `deep_norm: "false"` is an error instead of a truthy string.
+- `check_state_dict`: one error listing every missing, unexpected and wrong-shape key.
 - `atomic_write` / `atomic_path` / `remove_stale_temps`: write to a unique temp name beside the target,
   rename on success, delete the temp on any failure (ENOSPC, exception, Ctrl-C); temp files left by a
   killed process are recognisable by name and removed on the next run.
@@ -18,11 +21,14 @@ eval) can use it without import cycles.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import secrets
 import time
-from collections.abc import Iterator
+import types
+import typing
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import torch
@@ -53,6 +59,79 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype | None:
         if key in _DTYPE_NAMES:
             return _DTYPE_NAMES[key]
     raise ValueError(f"unknown dtype {dtype!r}: expected one of {sorted(_DTYPE_NAMES)} or a torch.dtype")
+
+
+# -------------------------------------------------------------------------------------------------
+# config value types
+
+
+def _matches(value: object, hint: object) -> bool:
+    """isinstance() for the annotations our configs use: bool/int/float/str, `X | None`, tuple[...],
+    list[...], dict[...], Any. An int is a valid float; a bool is neither an int nor a float."""
+    if hint is typing.Any:
+        return True
+    if hint is type(None) or hint is None:
+        return value is None
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_matches(value, a) for a in args)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if origin is tuple:  # JSON and YAML give lists for tuples
+        if not isinstance(value, (tuple, list)):
+            return False
+        if len(args) == 2 and args[1] is Ellipsis:
+            return all(_matches(v, args[0]) for v in value)
+        return not args or (len(args) == len(value) and all(_matches(v, a) for v, a in zip(value, args)))
+    if origin is list:
+        return isinstance(value, list) and all(_matches(v, args[0]) for v in value) if args else isinstance(value, list)
+    if origin in (dict, Mapping) or hint in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            return False
+        return not args or all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
+    return isinstance(value, origin or hint)
+
+
+def _type_name(hint: object) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+def check_type(name: str, value: object, hint: object) -> None:
+    """Raise a ValueError naming `name`, the expected type and the value when `value` is not a `hint`."""
+    if not _matches(value, hint):
+        raise ValueError(f"{name}: expected {_type_name(hint)}, found {type(value).__name__} {value!r}"
+                         + (" (write true/false without quotes)" if hint is bool and isinstance(value, str) else ""))
+
+
+def check_fields(obj: object) -> None:
+    """Check every field of a dataclass instance against its annotation (see `check_type`); call it
+    first in `__post_init__`. The error names `Class.field`."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        check_type(f"{type(obj).__name__}.{f.name}", getattr(obj, f.name), hints[f.name])
+
+
+def check_state_dict(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str,
+                     what: str) -> None:
+    """One CheckpointError listing every missing, unexpected and wrong-shape key of `state` against
+    the `expected` state dict (a model's, possibly on the meta device) of architecture `what`."""
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
+             if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    if missing or unexpected or wrong:
+        raise CheckpointError(
+            f"{source}: the weights do not match the architecture of its config ({what}).\n"
+            f"  missing keys ({len(missing)}): {missing}\n"
+            f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
+            f"  shape mismatches, found vs expected ({len(wrong)}): {wrong}\n"
+            "Check that the file is the checkpoint you meant and that its config belongs to it.")
 
 
 # -------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 
 import harmonia
 from harmonia import EnsembleEncoder, align_frames
-from harmonia.ensemble import with_options, write_linked_ensemble
-from harmonia.hub import save_harmonia
+from harmonia.ensemble import with_options
+from harmonia.hub import save_harmonia, write_linked_ensemble
 
 FIX = Path(__file__).parent / "fixtures"
 BEATS_A = FIX / "beats" / "beats_ms_iter3_small.pt"

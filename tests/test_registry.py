@@ -11,9 +11,8 @@ import torch
 import yaml
 
 import harmonia
-from harmonia import registry
-from harmonia.hub import CheckpointError
-from harmonia.registry import REGISTRY, DownloadError, find_checkpoint
+from harmonia.hub import CheckpointError, DownloadError, find_checkpoint, load_snapshot, parse_member
+from harmonia.registry import REGISTRY
 
 FIX = Path(__file__).parent / "fixtures"
 SSL = FIX / "beats" / "openbeats_small_ssl.pt"
@@ -208,15 +207,15 @@ def test_bare_espnet_state_dict_gets_config_yaml_from_elsewhere_in_snapshot(tmp_
     deep = tmp_path / "exp" / "run" / "checkpoints" / "final"
     deep.mkdir(parents=True)
     shutil.copyfile(ESPNET, deep / "valid.acc.ave.pth")
-    enc = registry.load_snapshot(tmp_path)
+    enc = load_snapshot(tmp_path)
     assert same_output(enc, harmonia.load_encoder(SSL))
 
 
 def test_member_spec_parsing():
-    assert registry.parse_member("openbeats-icme@12") == ("openbeats-icme", {"layer": 12})
-    assert registry.parse_member("dasheng-1.2b") == ("dasheng-1.2b", {})
+    assert parse_member("openbeats-icme@12") == ("openbeats-icme", {"layer": 12})
+    assert parse_member("dasheng-1.2b") == ("dasheng-1.2b", {})
     with pytest.raises(ValueError, match="SOURCE@LAYER"):
-        registry.parse_member("dasheng-1.2b@last")
+        parse_member("dasheng-1.2b@last")
 
 
 def test_cli_list(capsys):

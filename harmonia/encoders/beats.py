@@ -21,7 +21,6 @@ clips shorter than 3200 samples instead.
 
 from __future__ import annotations
 
-import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -30,6 +29,7 @@ import torch
 from torch import Tensor
 
 from harmonia.encoder import AudioEncoder, EncoderOutput, encode_in_chunks
+from harmonia.io import CheckpointError, check_type, parse_dtype
 from harmonia.layers.frontend import KALDI_SHIFT, KALDI_WINDOW, beats_fbank
 from harmonia.models.beats import (
     BeatsConfig,
@@ -64,6 +64,9 @@ class BeatsEncoder(AudioEncoder):
     def __init__(self, model: BeatsModel, layout: str = "flat", layer: int | None = None,
                  chunk_seconds: float | None = 10.0, mask: str = "exact") -> None:
         super().__init__()
+        for name, value, hint in (("layout", layout, str), ("layer", layer, int | None),
+                                  ("chunk_seconds", chunk_seconds, float | None), ("mask", mask, str)):
+            check_type(f"BeatsEncoder option {name}", value, hint)
         if layout not in LAYOUTS:
             raise ValueError(f"layout={layout!r}: expected one of {LAYOUTS}")
         if mask not in MASKS:
@@ -197,8 +200,8 @@ def _encoder(model: BeatsModel, options: dict[str, Any]) -> BeatsEncoder:
 
 def _split_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     build = {k: options.pop(k) for k in ("dtype", "device") if k in options}
-    if isinstance(build.get("dtype"), str):
-        build["dtype"] = getattr(torch, build["dtype"])
+    if "dtype" in build:
+        build["dtype"] = parse_dtype(build["dtype"])
     return build, options
 
 
@@ -231,17 +234,29 @@ def _strip_prefix(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return state
 
 
-def _espnet_yaml_cfg(path: Path) -> dict[str, Any] | None:
-    for cand in (path.parent / "config.yaml", path.parent.parent / "config.yaml"):
-        if cand.exists():
-            import yaml
+def find_espnet_yaml(checkpoint: Path, root: Path | None = None) -> Path | None:
+    """The ESPnet `config.yaml` of a bare state dict: beside it, one folder up, or (when `root`, a
+    snapshot folder, is given) the first one anywhere below `root`."""
+    for cand in (checkpoint.parent / "config.yaml", checkpoint.parent.parent / "config.yaml"):
+        if cand.is_file():
+            return cand
+    found = sorted(root.rglob("config.yaml")) if root is not None else []
+    return found[0] if found else None
 
-            conf = yaml.safe_load(cand.read_text()) or {}
-            cfg = (conf.get("encoder_conf") or {}).get("beats_config")
-            if cfg is None:
-                raise ValueError(f"{cand}: has no encoder_conf.beats_config; pass beats_config={{...}} explicitly")
-            return cfg
-    return None
+
+def espnet_beats_config(yaml_file: Path) -> dict[str, Any]:
+    """`encoder_conf.beats_config` of an ESPnet experiment's config.yaml."""
+    import yaml
+
+    try:
+        conf = yaml.safe_load(yaml_file.read_text())
+    except yaml.YAMLError as e:
+        raise CheckpointError(f"{yaml_file}: not valid YAML ({e})") from None
+    cfg = ((conf or {}).get("encoder_conf") or {}).get("beats_config") if isinstance(conf, dict) else None
+    if not isinstance(cfg, dict):
+        raise CheckpointError(f"{yaml_file}: has no mapping encoder_conf.beats_config (found {cfg!r}); pass "
+                              "beats_config={...} explicitly")
+    return cfg
 
 
 # -- family functions called by harmonia.hub --------------------------------------------------------------
@@ -258,12 +273,17 @@ def sniff_file(ckpt: dict, path: Path) -> bool:
 
 def from_file(ckpt: dict, path: Path, beats_config: dict | None = None, **options: Any) -> BeatsEncoder:
     source = str(path)
+    check_type("beats_config", beats_config, dict | None)
     if "cfg" in ckpt and isinstance(ckpt.get("model"), dict):  # Microsoft / OpenBEATs {'cfg','model'}
+        check_type(f"{source}: cfg", ckpt["cfg"], dict)
         cfg = {**ckpt["cfg"], **(beats_config or {})}
         state = ckpt["model"]
     else:  # bare state dict: ESPnet `encoder.`-prefixed (cfg beside it) or a raw encoder state dict
         state = _strip_prefix(ckpt.get("module", ckpt))
-        cfg = beats_config if beats_config is not None else _espnet_yaml_cfg(Path(path))
+        cfg = beats_config
+        if cfg is None:
+            yaml_file = find_espnet_yaml(Path(path))
+            cfg = espnet_beats_config(yaml_file) if yaml_file else None
         if cfg is None:
             raise ValueError(
                 f"{source}: a bare state dict carries no architecture config. Expected a config.yaml beside "
@@ -287,12 +307,3 @@ def from_harmonia(config: dict[str, Any], state: dict[str, Tensor], **options: A
     model = build_model(cfg, state, "harmonia checkpoint", **build)
     return _encoder(model, {**config.get("options", {}), **options})
 
-
-def load_tokenizer(path: str | os.PathLike, **options: Any) -> BeatsEncoder:
-    """Load a Microsoft tokenizer checkpoint (or harmonia export of one); `.labels(wav)` gives codes."""
-    from harmonia.hub import load_encoder
-
-    enc = load_encoder(path, **options)
-    if not isinstance(enc, BeatsEncoder) or not isinstance(enc.model, BeatsTokenizerModel):
-        raise ValueError(f"{path}: not a BEATs tokenizer checkpoint (no quantize.* weights)")
-    return enc

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from harmonia.encoder import AudioEncoder, EncoderOutput, encode_in_chunks
-from harmonia.hub import read_safetensors
+from harmonia.io import CheckpointError, check_type, parse_dtype, read_safetensors
 from harmonia.models.dasheng import (
     PRESETS,
     Dasheng,
@@ -42,8 +42,6 @@ from harmonia.models.dasheng import (
 
 FAMILY = "dasheng"
 HF_PREFIX = "encoder."
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "half": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
 class DashengEncoder(AudioEncoder):
@@ -59,6 +57,8 @@ class DashengEncoder(AudioEncoder):
 
     def __init__(self, model: Dasheng, layer: int | None = None, batch_topdb: bool = False):
         super().__init__()
+        check_type("DashengEncoder option layer", layer, int | None)
+        check_type("DashengEncoder option batch_topdb", batch_topdb, bool)
         depth = model.cfg.depth
         if layer is not None and not 0 <= layer <= depth:
             raise ValueError(f"layer must be None (final output) or in [0, {depth}] for this {depth}-block "
@@ -127,24 +127,13 @@ class DashengEncoder(AudioEncoder):
 def _make(cfg: DashengConfig, state: Mapping[str, Tensor], source: str, layer: int | None = None,
           batch_topdb: bool = False, dtype: torch.dtype | str | None = None,
           device: torch.device | str | None = None) -> DashengEncoder:
-    if isinstance(dtype, str):
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {sorted(_DTYPES)} or a torch.dtype, found {dtype!r}")
-        dtype = _DTYPES[dtype]
-    try:
-        model = build_model(cfg, state, dtype=dtype, source=source)
-    except ValueError as e:
-        from harmonia.hub import CheckpointError
-
-        raise CheckpointError(str(e)) from e
+    model = build_model(cfg, state, dtype=parse_dtype(dtype), source=source)
     enc = DashengEncoder(model, layer=layer, batch_topdb=batch_topdb)
     return enc.to(device) if device is not None else enc
 
 
 def _from_reference_state(state: Mapping[str, Tensor], stored: Mapping | None, source: str,
                           num_heads: int | None = None, **options) -> DashengEncoder:
-    from harmonia.hub import CheckpointError
-
     try:
         cfg = infer_config(state, stored, num_heads=num_heads)
         check_frontend_buffers(state, cfg)
@@ -176,9 +165,10 @@ def from_file(ckpt: dict, path: str | os.PathLike | None = None, **options) -> D
 
 
 def sniff_dir(path: str | os.PathLike) -> bool:
-    """The Hugging Face `mispeech/dasheng-*` layout: config.json (model_type dasheng) + model.safetensors."""
+    """The Hugging Face `mispeech/dasheng-*` layout: config.json (model_type dasheng) + model.safetensors
+    (or another `.safetensors` file named when loading)."""
     path = Path(path)
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+    if not (path / "config.json").is_file():
         return False
     try:
         cfg = json.loads((path / "config.json").read_text())
@@ -201,24 +191,24 @@ def hf_architecture(hf_config: Mapping) -> dict:
     return arch
 
 
-def from_dir(path: str | os.PathLike, num_heads: int | None = None, **options) -> DashengEncoder:
+def from_dir(path: str | os.PathLike, num_heads: int | None = None, weights: str | os.PathLike | None = None,
+             **options) -> DashengEncoder:
     """Hugging Face layout: `encoder.`-prefixed keys, no front-end buffers (computed here),
-    architecture from config.json (see `hf_architecture`); num_heads= overrides it."""
-    from harmonia.hub import CheckpointError
-
+    architecture from config.json (see `hf_architecture`); num_heads= overrides it. `weights`: the
+    safetensors file (default `model.safetensors` in `path`)."""
     path = Path(path)
+    weights = Path(weights) if weights is not None else path / "model.safetensors"
     hf_config = json.loads((path / "config.json").read_text())
     arch = hf_architecture(hf_config)
-    dtype = options.get("dtype")
     # with a dtype, matrices are converted while read (no fp32 copy stays resident)
-    raw = read_safetensors(path / "model.safetensors", getattr(torch, dtype) if isinstance(dtype, str) else dtype)
+    raw = read_safetensors(weights, options.get("dtype"))
     foreign = sorted(k for k in raw if not k.startswith(HF_PREFIX))
     if foreign:
-        raise CheckpointError(f"{path}: unexpected keys outside the encoder {foreign} (expected only "
+        raise CheckpointError(f"{weights}: unexpected keys outside the encoder {foreign} (expected only "
                               f"'{HF_PREFIX}*' keys; load the model without its classifier head)")
     state = {k[len(HF_PREFIX):]: v for k, v in raw.items()}
     heads = num_heads if num_heads is not None else arch.get("num_heads")
-    enc = _from_reference_state(state, arch, str(path), num_heads=heads, **options)
+    enc = _from_reference_state(state, arch, str(weights), num_heads=heads, **options)
     for k in ("embed_dim", "depth"):
         if k in arch and int(arch[k]) != getattr(enc.config, k):
             raise CheckpointError(f"{path}: config.json says {k}={arch[k]} but the weights have "

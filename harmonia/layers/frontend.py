@@ -142,11 +142,6 @@ def hann_window(size: int = MEL_N_FFT) -> Tensor:
     return torch.hann_window(size, periodic=True, dtype=torch.float32)
 
 
-def mel_num_frames(num_samples: int, hop: int = MEL_HOP) -> int:
-    """Frames of the centred STFT: 1 + N // hop."""
-    return 1 + num_samples // hop
-
-
 def power_mel(wav_BN: Tensor, n_fft: int = MEL_N_FFT, hop: int = MEL_HOP, n_mels: int = MEL_BINS,
               f_min: float = 0.0, f_max: float = 8000.0, sample_rate: int = 16000) -> Tensor:
     """Mel power spectrogram of (B, N) float waveforms -> (B, n_mels, T), T = 1 + N // hop.

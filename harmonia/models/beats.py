@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harmonia.io import CheckpointError, check_fields, check_state_dict
 from harmonia.layers.frontend import BEATS_FBANK_MEAN, BEATS_FBANK_STD, KALDI_SHIFT, KALDI_WINDOW
 
 # -------------------------------------------------------------------------------------------------
@@ -68,6 +69,8 @@ class BeatsConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        check_fields(self)
+
         def need(cond: bool, name: str, msg: str) -> None:
             if not cond:
                 raise ValueError(f"BeatsConfig.{name}={getattr(self, name)!r}: {msg}")
@@ -184,12 +187,14 @@ class WeightNormConv1d(nn.Module):
         nn.init.normal_(self.weight_v, mean=0, std=math.sqrt(4 / (kernel * channels)))
 
     def weight(self) -> Tensor:
-        if torch.is_grad_enabled() and (self.weight_g.requires_grad or self.weight_v.requires_grad):
+        g, v = self.weight_g, self.weight_v
+        if (torch.is_grad_enabled() and (g.requires_grad or v.requires_grad)) or g.is_inference() or v.is_inference():
+            # training, or weights created under torch.inference_mode(): inference tensors have no
+            # version counter to tell a stale cache by, so fold every call (~1 % of a forward)
             return self._fold()
         # inference: fold once and reuse until a parameter changes (tracked by tensor versions)
-        key = (self.weight_g._version, self.weight_v._version, self.weight_g.data_ptr(), self.weight_v.data_ptr(),
-               self.weight_v.dtype, self.weight_v.device)
-        if getattr(self, "_cache_key", None) != key:
+        key = (g._version, v._version, g.data_ptr(), v.data_ptr(), v.dtype, v.device)
+        if getattr(self, "_cache_key", None) != key or self._cache.is_inference() != torch.is_inference_mode_enabled():
             self._cache_key, self._cache = key, self._fold().detach()
         return self._cache
 
@@ -326,7 +331,9 @@ class TransformerStack(nn.Module):
         layers and calls, grown when a larger batch arrives."""
         numel = math.prod(shape)
         ws = getattr(self, "_ws", None)
-        if ws is None or ws.numel() < numel or ws.dtype != like.dtype or ws.device != like.device:
+        # a buffer made under torch.inference_mode() cannot be written outside it (and vice versa)
+        if (ws is None or ws.numel() < numel or ws.dtype != like.dtype or ws.device != like.device
+                or ws.is_inference() != torch.is_inference_mode_enabled()):
             ws = self._ws = torch.empty(numel, dtype=like.dtype, device=like.device)
         return ws[:numel].view(shape)
 
@@ -517,7 +524,7 @@ def config_from_reference(cfg: dict[str, Any], state: dict[str, Tensor], flavour
     clash = {k: (cfg[k], v) for k, v in inferred.items() if k in cfg and cfg[k] != v and k != "finetuned_model"}
     if clash:
         detail = ", ".join(f"{k}: cfg {a!r} vs weights {b!r}" for k, (a, b) in clash.items())
-        raise ValueError(f"{source}: the cfg contradicts the weights ({detail}). Fix the cfg or pass "
+        raise CheckpointError(f"{source}: the cfg contradicts the weights ({detail}). Fix the cfg or pass "
                          "beats_config={...} with the right values.")
     odd = {k: v for k, v in _UNREADABLE_RELEASED.items() if k not in cfg and defaults[k] != v}
     if odd:
@@ -530,31 +537,34 @@ def config_from_reference(cfg: dict[str, Any], state: dict[str, Tensor], flavour
         merged.pop("fbank_mean")
     if "fbank_std" in merged and merged["fbank_std"] is None:
         merged.pop("fbank_std")
-    return BeatsConfig.from_dict(merged)
+    try:
+        return BeatsConfig.from_dict(merged)
+    except ValueError as e:
+        raise CheckpointError(f"{source}: {e}") from e
 
 
 def load_state_strict(model: nn.Module, state: dict[str, Tensor], source: str, assign: bool = False) -> None:
-    """load_state_dict(strict) with one error that lists every missing and unexpected key."""
-    result = model.load_state_dict(state, strict=False, assign=assign)
-    if result.missing_keys or result.unexpected_keys:
-        raise ValueError(
-            f"{source}: the weights do not match the architecture of its config.\n"
-            f"  missing keys ({len(result.missing_keys)}): {result.missing_keys}\n"
-            f"  unexpected keys ({len(result.unexpected_keys)}): {result.unexpected_keys}\n"
-            "Check that the file is a BEATs/OpenBEATs encoder checkpoint and that its cfg belongs to it.")
+    """load_state_dict(strict) with one CheckpointError that lists every missing, unexpected and
+    wrong-shape key."""
+    check_state_dict(model.state_dict(), state, source, f"BEATs {type(model).__name__}")
+    model.load_state_dict(state, strict=True, assign=assign)
 
 
 # -------------------------------------------------------------------------------------------------
-# Presets (architecture of the releases; spec §4)
+# Presets: the architectures of the releases (spec §4), the one place they are written down.
+# Fields not listed keep the BeatsConfig defaults (the released values).
 
 PRESETS: dict[str, dict[str, Any]] = {
+    # Microsoft BEATs iter1-3 and OpenBEATs Base: 90.3M parameters
     "beats-base": dict(encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12),
-    "openbeats-large": dict(encoder_layers=24, encoder_embed_dim=1024, encoder_ffn_embed_dim=4096,
-                            encoder_attention_heads=16),
+    # OpenBEATs Large and the two ICME 2025 models: 311M parameters
+    "beats-large": dict(encoder_layers=24, encoder_embed_dim=1024, encoder_ffn_embed_dim=4096,
+                        encoder_attention_heads=16),
 }
 
 
 def preset(name: str, **overrides: Any) -> BeatsConfig:
+    """The BeatsConfig of a released architecture, with `overrides` applied."""
     if name not in PRESETS:
         raise ValueError(f"unknown BEATs preset {name!r}; known: {sorted(PRESETS)}")
     return BeatsConfig(**{**PRESETS[name], **overrides})

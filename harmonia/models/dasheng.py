@@ -19,6 +19,7 @@ the network, its configuration and the checkpoint conversion.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import warnings
@@ -29,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from harmonia.io import check_fields, check_state_dict
 from harmonia.layers.frontend import htk_mel_filterbank, power_mel, power_to_db
 
 # -------------------------------------------------------------------------------------------------
@@ -58,7 +60,8 @@ class DashengConfig:
     bn_eps: float = 1e-5  # epsilon of the input BatchNorm over mel bins
 
     def __post_init__(self) -> None:
-        self.patch_size = tuple(int(p) for p in self.patch_size)  # JSON gives lists
+        check_fields(self)
+        self.patch_size = tuple(self.patch_size)  # JSON gives lists
         positive = ("embed_dim", "depth", "num_heads", "target_length", "n_mels", "sample_rate", "n_fft",
                     "hop_size")
         for name in positive:
@@ -367,14 +370,7 @@ def build_model(cfg: DashengConfig, state: Mapping[str, Tensor], dtype: torch.dt
     lists every missing and unexpected key. `dtype` casts the weights (the mel BatchNorm stays fp32)."""
     with torch.device("meta"):
         model = Dasheng(cfg)
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-             if k in state and state[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"{source}: does not match the Dasheng architecture {cfg}: missing keys {missing}, "
-                         f"unexpected keys {unexpected}, shape mismatches (found vs expected) {wrong}")
+    check_state_dict(model.state_dict(), state, source, f"Dasheng embed_dim={cfg.embed_dim}, depth={cfg.depth}")
     typed = {}
     for k, v in state.items():
         target = torch.float32 if k.startswith("mel_norm.") else (dtype or v.dtype)
@@ -387,12 +383,18 @@ def build_model(cfg: DashengConfig, state: Mapping[str, Tensor], dtype: torch.dt
 # presets: the released sizes (spec §3); head counts from the official factories
 
 
-PRESETS: dict[str, DashengConfig] = {}
-PRESETS.update({
+PRESETS: dict[str, DashengConfig] = {
     "dasheng-base": DashengConfig(embed_dim=768, depth=12, num_heads=12),  # 85.4M parameters
     "dasheng-0.6B": DashengConfig(embed_dim=1280, depth=32, num_heads=16),  # 630M
     "dasheng-1.2B": DashengConfig(embed_dim=1536, depth=40, num_heads=24),  # 1.13B
-})
+}
+
+
+def preset(name: str, **overrides) -> DashengConfig:
+    """The DashengConfig of a released size, with `overrides` applied."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown Dasheng preset {name!r}; known: {sorted(PRESETS)}")
+    return dataclasses.replace(PRESETS[name], **overrides)
 
 
 def num_parameters(cfg: DashengConfig) -> int:

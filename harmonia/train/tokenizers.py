@@ -54,7 +54,7 @@ class RandomProjectionTokenizer(nn.Module):
 
 def load_checkpoint_tokenizer(path: str) -> BeatsTokenizerModel:
     """A Microsoft `Tokenizer_iter*.pt` or a harmonia tokenizer export, frozen in eval mode."""
-    from harmonia.encoders.beats import load_tokenizer
+    from harmonia.hub import load_tokenizer
 
     model = load_tokenizer(path).model
     for p in model.parameters():

@@ -97,8 +97,8 @@ def test_vq_kmeans_init_and_ema_update():
 
 
 def test_vqkd_exports_a_microsoft_layout_tokenizer(tmp_path):
-    from harmonia.encoders.beats import BeatsEncoder, load_tokenizer
-    from harmonia.hub import save_harmonia
+    from harmonia.encoders.beats import BeatsEncoder
+    from harmonia.hub import load_tokenizer, save_harmonia
 
     torch.manual_seed(0)
     fbank, pad = _batch()

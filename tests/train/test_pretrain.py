@@ -69,7 +69,7 @@ def test_cli_reports_bad_recipe_and_overrides(tiny_shards, tmp_path):
 @pytest.mark.slow
 def test_iterations_random_then_vqkd_tokenizer(tiny_shards, tmp_path):
     """Iteration 1 (random projection) -> VQ-KD tokenizer distilled from it -> iteration 2 on its labels."""
-    from harmonia.encoders.beats import load_tokenizer
+    from harmonia.hub import load_tokenizer
     from harmonia.train.pretrain import iterate
 
     cfg = tiny_config(tiny_shards, tmp_path, **{"run.max_steps": "2", "model.quant_dim": "8"})
