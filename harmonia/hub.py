@@ -138,7 +138,7 @@ def save_harmonia(encoder: AudioEncoder, out_dir: str | os.PathLike) -> Path:
 
 def _check_version(config: Mapping[str, Any], source: Path) -> None:
     version = config.get("version", FORMAT_VERSION)
-    check_type(f"{source}: version", version, int)
+    check_type(f"{source}: version", version, int, CheckpointError)
     if version > FORMAT_VERSION:
         raise CheckpointError(f"{source}: written by a newer harmonia (format version {version}, this one reads "
                               f"up to {FORMAT_VERSION}); upgrade harmonia")
@@ -158,10 +158,10 @@ def from_config(config: dict[str, Any], state: Mapping[str, Tensor], source: str
     family = config.get("family")
     if family not in _SCHEMA:
         raise CheckpointError(f"{source}: unknown encoder family {family!r}; expected one of {sorted(_SCHEMA)}")
+    for key, hint in _SCHEMA[family].items():
+        if key in config:
+            check_type(f"{source}: {key}", config[key], hint, CheckpointError)
     try:
-        for key, hint in _SCHEMA[family].items():
-            if key in config:
-                check_type(f"{source}: {key}", config[key], hint)
         if family == ENSEMBLE:
             return _ensemble_from_config(config, state, source, **options)
         return FAMILIES[family].from_harmonia(config, state, **options)
@@ -234,13 +234,9 @@ def _load_linked_ensemble(path: Path, **options: Any) -> EnsembleEncoder:
         raise CheckpointError(f"{cfg_file}: expected a non-empty list 'members' of member sources "
                               f"(sub-directories, files or registry names), found {members!r}")
     per_member = config.get("member_options") or [{}] * len(members)
-    for key, value, hint in (("member_options", per_member, list[dict]), ("names", config.get("names"),
-                                                                          list[str] | None),
-                             ("options", config.get("options", {}), dict)):
-        try:
-            check_type(f"{cfg_file}: {key}", value, hint)
-        except ValueError as e:
-            raise CheckpointError(str(e)) from None
+    check_type(f"{cfg_file}: member_options", per_member, list[dict], CheckpointError)
+    check_type(f"{cfg_file}: names", config.get("names"), list[str] | None, CheckpointError)
+    check_type(f"{cfg_file}: options", config.get("options", {}), dict, CheckpointError)
     if len(per_member) != len(members):
         raise CheckpointError(f"{cfg_file}: member_options has {len(per_member)} entries for {len(members)} members")
     ens, build, shared = split_options(options)
@@ -439,6 +435,8 @@ def load_encoder(source: str | os.PathLike, **options) -> AudioEncoder:
         return load_adhoc_ensemble(source, **options)
     if source.count("/") == 1 and not source.startswith((".", "/")):
         return load_hf_repo(source, **options)
+    if source.startswith((".", "/", "~")) or Path(source).suffix in (*CHECKPOINT_SUFFIXES, ".safetensors"):
+        raise FileNotFoundError(f"{source}: no such checkpoint file or folder")
     close = difflib.get_close_matches(source, list(REGISTRY), n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(close)}?" if close else ""
     raise ValueError(

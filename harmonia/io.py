@@ -102,10 +102,10 @@ def _type_name(hint: object) -> str:
     return str(hint).replace("typing.", "").replace("NoneType", "None")
 
 
-def check_type(name: str, value: object, hint: object) -> None:
-    """Raise a ValueError naming `name`, the expected type and the value when `value` is not a `hint`."""
+def check_type(name: str, value: object, hint: object, error: type[ValueError] = ValueError) -> None:
+    """Raise `error` naming `name`, the expected type and the value when `value` is not a `hint`."""
     if not _matches(value, hint):
-        raise ValueError(f"{name}: expected {_type_name(hint)}, found {type(value).__name__} {value!r}"
+        raise error(f"{name}: expected {_type_name(hint)}, found {type(value).__name__} {value!r}"
                          + (" (write true/false without quotes)" if hint is bool and isinstance(value, str) else ""))
 
 

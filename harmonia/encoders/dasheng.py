@@ -172,15 +172,16 @@ def sniff_dir(path: str | os.PathLike) -> bool:
         return False
     try:
         cfg = json.loads((path / "config.json").read_text())
-    except (OSError, json.JSONDecodeError):
+        return cfg.get("model_type") == "dasheng" or "DashengModel" in (cfg.get("architectures") or [])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
         return False
-    return cfg.get("model_type") == "dasheng" or "DashengModel" in cfg.get("architectures", [])
 
 
 def hf_architecture(hf_config: Mapping) -> dict:
     """embed_dim/depth/num_heads/target_length of an HF config.json: `encoder_kwargs` first (what
     `save_pretrained` wrote), then top-level overrides, then the name table of `DashengConfig`."""
     arch: dict = {}
+    check_type("config.json encoder_kwargs", hf_config.get("encoder_kwargs"), dict | None)
     name = hf_config.get("name")
     if name in PRESETS:
         p = PRESETS[name]
@@ -198,8 +199,10 @@ def from_dir(path: str | os.PathLike, num_heads: int | None = None, weights: str
     safetensors file (default `model.safetensors` in `path`)."""
     path = Path(path)
     weights = Path(weights) if weights is not None else path / "model.safetensors"
-    hf_config = json.loads((path / "config.json").read_text())
-    arch = hf_architecture(hf_config)
+    try:
+        arch = hf_architecture(json.loads((path / "config.json").read_text()))
+    except ValueError as e:  # not JSON, or a field of the wrong type
+        raise CheckpointError(f"{path / 'config.json'}: {e}") from None
     # with a dtype, matrices are converted while read (no fp32 copy stays resident)
     raw = read_safetensors(weights, options.get("dtype"))
     foreign = sorted(k for k in raw if not k.startswith(HF_PREFIX))

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harmonia.io import check_fields, check_state_dict
+from harmonia.io import check_fields, check_state_dict, check_type
 from harmonia.layers.frontend import htk_mel_filterbank, power_mel, power_to_db
 
 # -------------------------------------------------------------------------------------------------
@@ -327,6 +327,9 @@ def infer_config(state: Mapping[str, Tensor], stored: Mapping | None = None,
     `num_heads` argument, the released preset of the same (embed_dim, depth) (what the official
     factories `dasheng_base/06B/12B` force), or the stored constructor config."""
     stored = dict(stored or {})
+    for key in ("embed_dim", "depth", "num_heads", "target_length"):
+        if key in stored:
+            check_type(f"config {key}", stored[key], int)
     try:
         w = state["patch_embed.proj.weight"]
         pos = state["time_pos_embed"]
