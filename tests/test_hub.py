@@ -188,6 +188,8 @@ def _edit_config(src: Path, dst: Path, edit) -> Path:
     ("ensemble-harmonia", lambda c: c["members"][1]["model"].update(depth=3.0), "DashengConfig.depth: expected int"),
     ("ensemble-linked", lambda c: c.update(member_options=[{}, "x"]), "member_options: expected list"),
     ("ensemble-linked", lambda c: c.update(members=[1, 2]), "expected a non-empty list 'members'"),
+    ("ensemble-linked", lambda c: c.update(version=2), "written by a newer harmonia (format version 2"),
+    ("beats-harmonia", lambda c: c.update(version=2), "written by a newer harmonia (format version 2"),
     ("dasheng-hf", lambda c: c.setdefault("encoder_kwargs", {}).update(depth="3"), "config depth: expected int"),
 ])
 def test_config_json_wrong_type_is_one_clear_error(sources, tmp_path, fmt, edit, message):

@@ -88,6 +88,18 @@ def test_entry_resolves_config_and_contract_offline(name):
     assert sum(p.numel() for p in enc.parameters()) == params
 
 
+def test_recipes_and_registry_build_the_same_preset_architectures():
+    """One source: the pre-training recipes build the architectures of the registry's releases."""
+    from harmonia.models.beats import BeatsConfig, BeatsModel
+    from harmonia.recipes.pretrain import beats_base, beats_large_balanced, beats_large_speech_heavy
+
+    for recipe, name in ((beats_base, "openbeats-base-i1"), (beats_large_speech_heavy, "openbeats-icme"),
+                         (beats_large_balanced, "openbeats-icme-sound")):
+        with torch.device("meta"):
+            model = BeatsModel(BeatsConfig(**recipe().model.encoder))
+        assert sum(p.numel() for p in model.parameters()) == EXPECTED[name][4]
+
+
 def test_dasheng_entries_have_zenodo_alternative_and_pinned_revision():
     for size in ("base", "0.6b", "1.2b"):
         e = REGISTRY[f"dasheng-{size}"]

@@ -10,6 +10,7 @@ Override anything with `--set section.key=value`.
 
 from __future__ import annotations
 
+from harmonia.models.beats import PRESETS
 from harmonia.train.config import (
     DataConfig,
     ModelConfig,
@@ -19,10 +20,9 @@ from harmonia.train.config import (
     TokenizerConfig,
 )
 
-BASE_ENCODER = dict(encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072,  # [OB-base]
-                    encoder_attention_heads=12, dropout=0.1)  # dropout 0.1 [OB-base]
-LARGE_ENCODER = dict(encoder_layers=24, encoder_embed_dim=1024, encoder_ffn_embed_dim=4096,  # [OB-large]
-                     encoder_attention_heads=16, dropout=0.1)  # ≈311M parameters (spec §4)
+# the released architectures (models/beats.py presets), with the pre-training dropout 0.1 [OB-base] [OB-large]
+BASE_ENCODER = {**PRESETS["beats-base"], "dropout": 0.1}
+LARGE_ENCODER = {**PRESETS["beats-large"], "dropout": 0.1}  # ≈311M parameters
 
 
 def beats_tiny_debug() -> PretrainConfig:
