@@ -144,7 +144,8 @@ def _check_version(config: Mapping[str, Any], source: Path) -> None:
                               f"up to {FORMAT_VERSION}); upgrade harmonia")
 
 
-# what each family's entry in config.json holds (the configs themselves are checked by the family)
+# what each family's config.json holds, the required key first (the architecture configs themselves
+# are checked by the family's config dataclass)
 _SCHEMA: dict[str, dict[str, Any]] = {
     "beats": {"config": dict, "tokenizer": bool, "options": dict},
     "dasheng": {"model": dict, "options": dict},
@@ -158,6 +159,9 @@ def from_config(config: dict[str, Any], state: Mapping[str, Tensor], source: str
     family = config.get("family")
     if family not in _SCHEMA:
         raise CheckpointError(f"{source}: unknown encoder family {family!r}; expected one of {sorted(_SCHEMA)}")
+    required = next(iter(_SCHEMA[family]))
+    if required not in config:
+        raise CheckpointError(f"{source}: a {family} config needs the key {required!r}; found keys {sorted(config)}")
     for key, hint in _SCHEMA[family].items():
         if key in config:
             check_type(f"{source}: {key}", config[key], hint, CheckpointError)

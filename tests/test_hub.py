@@ -183,6 +183,8 @@ def _edit_config(src: Path, dst: Path, edit) -> Path:
     ("dasheng-harmonia", lambda c: c["model"].update(patch_size=["64", "4"]), "DashengConfig.patch_size"),
     ("dasheng-harmonia", lambda c: c["options"].update(batch_topdb="false"), "batch_topdb: expected bool"),
     ("dasheng-harmonia", lambda c: c.update(version="1"), "version: expected int"),
+    ("dasheng-harmonia", lambda c: c.pop("model"), "a dasheng config needs the key 'model'"),
+    ("dasheng-harmonia", lambda c: c.update(family="dashing"), "unknown encoder family 'dashing'"),
     ("ensemble-harmonia", lambda c: c["options"].update(reference="0"), "reference: expected int"),
     ("ensemble-harmonia", lambda c: c.update(names="ab"), "names: expected list"),
     ("ensemble-harmonia", lambda c: c["members"][1]["model"].update(depth=3.0), "DashengConfig.depth: expected int"),
@@ -236,3 +238,19 @@ def test_offline_advice_for_a_repo_id_works_as_printed(monkeypatch, tmp_path):
     assert torch.equal(encode(enc), encode(load_encoder(MS)))
     with pytest.raises(FileNotFoundError, match="someone/my-beats: local copy .*nowhere does not exist"):
         harmonia.load_encoder("someone/my-beats", path=tmp_path / "nowhere")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("fmt", ["beats-pt", "dasheng-hf", "ensemble-harmonia"])
+def test_cuda_bf16_load_inside_inference_mode(sources, fmt):
+    """The usual GPU idiom: load onto the device in bf16 inside inference_mode, then encode inside and
+    outside it; close to the fp32 CPU frames."""
+    expected = encode(load_encoder(sources[fmt]))
+    with torch.inference_mode():
+        enc = load_encoder(sources[fmt], dtype="bf16", device="cuda")
+        inside = encode(enc).cpu()
+    outside = encode(enc).cpu()
+    assert torch.equal(inside, outside)
+    cos = torch.nn.functional.cosine_similarity(inside.flatten(), expected.flatten(), dim=0)
+    assert cos >= 0.99, float(cos)
