@@ -153,6 +153,8 @@ def cmd_info(args: argparse.Namespace) -> int:
             print(f"{key:>15}:")
             for k, v in info[key].items() if isinstance(info[key], dict) else []:
                 print(f"{'':>17}{k} = {v}")
+    for name, member in zip(info.get("names") or [], info.get("members") or []):  # ensembles
+        print(f"{'member':>15}: {name} ({member['family']}) " + ", ".join(f"{k}={v}" for k, v in member["options"].items()))
     return 0
 
 

@@ -260,3 +260,14 @@ def test_cli_encode_and_convert_ensemble(tmp_path):
     assert main(["encode", "--model", str(tmp_path / "conv"), "--align", "linear", "--out", str(tmp_path / "o2"),
                  str(wav)]) == 0
     np.testing.assert_array_equal(np.load(tmp_path / "o2" / "example.npy"), frames)
+
+
+def test_cli_info_of_an_ensemble_shows_every_member(tmp_path, capsys):
+    from harmonia.cli import main
+
+    ens = EnsembleEncoder([harmonia.load_encoder(BEATS_A, layout="mean"), harmonia.load_encoder(DASHENG, layer=2)],
+                          names=["beats", "dasheng"])
+    save_harmonia(ens, tmp_path / "ens")
+    assert main(["info", str(tmp_path / "ens")]) == 0
+    out = capsys.readouterr().out
+    assert "member: beats (beats) layout=mean" in out and "member: dasheng (dasheng) layer=2" in out
