@@ -1,9 +1,10 @@
 """One evaluation run: encode (cached), score both tracks per task, aggregate, write reports.
 
 `evaluate(encoder, tasks, data_root, out_dir, mode=..., seeds=...)` returns the results dict that
-`harmonia.eval.report` writes as results.json / .md / .csv and charts. A task that fails (missing
-data, corrupt shard, bad labels) is recorded with its error and the run goes on; results are
-rewritten after every task, so an interrupted run keeps what it finished.
+`harmonia.eval.report` writes as results.json / .md / .csv and charts. A task that fails for bad or
+missing data (`EvalDataError`: missing or corrupt shards, bad labels, a bad task file, a missing
+vocabulary) is recorded with its error and the run goes on; any other exception is a bug and
+raises. Results are rewritten after every task, so an interrupted run keeps what it finished.
 """
 
 from __future__ import annotations
@@ -23,8 +24,7 @@ from harmonia.eval.embed import EmbeddingCache, Embeddings
 from harmonia.eval.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_scores
 from harmonia.eval.labels import LabelCoder
 from harmonia.eval.linear_probe import ClipSet, FrameSet, PairSet, train_probe
-from harmonia.eval.readers import DatasetMissingError, ShardError
-from harmonia.eval.tasks import Task, TaskError, resolve_tasks
+from harmonia.eval.tasks import EvalDataError, Task, TaskError, resolve_tasks
 from harmonia.eval.text import VocabMissingError, WordPieceTokenizer, find_bert_vocab
 
 MODE_NOTES = {
@@ -81,7 +81,13 @@ def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os
     task_list = [t for t in tasks if isinstance(t, Task)] + (resolve_tasks(names) if names else [])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = EmbeddingCache(cache_dir or Path(data_root) / ".harmonia_cache", encoder, mode=mode, progress=progress)
+    cache_root = Path(cache_dir) if cache_dir else Path(data_root) / ".harmonia_cache"
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise type(e)(f"cannot create the embedding cache in {cache_root} ({e.strerror}); "
+                      f"pass --cache-dir (cache_dir=) a writable directory") from e
+    cache = EmbeddingCache(cache_root, encoder, mode=mode, progress=progress)
     seed_list = [42] if mode == "xares" else list(range(seeds))
     results = {
         "model": model_name or type(encoder).__name__,
@@ -100,7 +106,7 @@ def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os
         t0 = time.perf_counter()
         try:
             entry = _evaluate_task(task, cache, data_root, mode, seed_list)
-        except (DatasetMissingError, ShardError, TaskError, VocabMissingError, FileNotFoundError, ValueError) as e:
+        except EvalDataError as e:
             status = "skipped" if isinstance(e, VocabMissingError) else "failed"
             entry = {"status": status, "error": str(e)}
             print(f"[harmonia evaluate] {task.name}: {status}: {e}")
@@ -145,7 +151,8 @@ def _evaluate_task(task: Task, cache: EmbeddingCache, data_root, mode: str, seed
     sets = {p: _probe_set(task, coder, e, hop, tokenizer, p) for p, e in embs.items()}
     entry: dict = {"status": "ok", "partitions": {p: {"items": len(e), "clips": len(set(e.clips)),
                                                      "failed_items": e.errors} for p, e in embs.items()},
-                   "num_classes": coder.num_classes, "notes": []}
+                   "num_classes": coder.num_classes,
+                   "notes": [f"corrupt cache file encoded again: {r}" for e in embs.values() for r in e.repaired]}
     # ---- linear probe
     per_seed, folds, curves = [], [], []
     for seed in seeds:

@@ -29,7 +29,12 @@ _LABEL_KINDS = ("class", "int", "multilabel", "events", "notes", "captions")
 _TYPES = ("clip", "frame", "contrastive")
 
 
-class TaskError(ValueError):
+class EvalDataError(Exception):
+    """Bad or missing data for one task (its shards, labels, task file, vocabulary or cache): the
+    task is recorded as failed and the evaluation goes on. Any other exception is a bug and raises."""
+
+
+class TaskError(EvalDataError, ValueError):
     """A task name or task file is unknown or inconsistent; the message says what to fix."""
 
 
