@@ -24,6 +24,10 @@ def _fmt(track: dict | None, digits: int = 3) -> str:
     return f"{track['mean']:.{digits}f}"
 
 
+def _weight(entry: dict) -> str:
+    return "–" if entry.get("weight") is None else str(entry["weight"])
+
+
 def _avg(x: float | None) -> str:
     return "–" if x is None else f"{x:.3f}"
 
@@ -46,7 +50,7 @@ def run_markdown(results: dict) -> str:
     for name in _ordered(results["tasks"]):
         e = results["tasks"][name]
         status = e["status"] if e["status"] == "ok" else f"{e['status']}: {e.get('error', '')[:120]}"
-        lines.append(f"| {e['formal_name']} | {e['domain']} | {e['metric']} | {e['weight']} | {_fmt(e.get('mlp'))} "
+        lines.append(f"| {e['formal_name']} | {e['domain']} | {e['metric']} | {_weight(e)} | {_fmt(e.get('mlp'))} "
                      f"| {_fmt(e.get('knn'))} | {status} |")
     s = results.get("summary", {})
     lines += ["", f"**Weighted average, all tasks**: MLP {_avg(s.get('mlp_all'))} ({s.get('mlp_all_tasks', 0)} tasks), "
@@ -162,7 +166,7 @@ def combine_runs(runs: list[dict], track: str = "mlp") -> tuple[list[str], list[
     rows = []
     for n in names:
         e0 = next(r["tasks"][n] for r in runs if n in r["tasks"])
-        rows.append([e0["formal_name"], e0["domain"], str(e0["weight"])]
+        rows.append([e0["formal_name"], e0["domain"], _weight(e0)]
                     + [_fmt(r["tasks"].get(n, {}).get(track)) if r["tasks"].get(n, {}).get("status") == "ok" else "–"
                        for r in runs])
     for subset in ("table1", "all"):

@@ -78,7 +78,7 @@ def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, found {seeds}")
     names = [t for t in tasks if not isinstance(t, Task)]
-    task_list = [t for t in tasks if isinstance(t, Task)] + (resolve_tasks(names) if names else [])
+    task_list = [t for t in tasks if isinstance(t, Task)] + (resolve_tasks(names, encoder) if names else [])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     cache_root = Path(cache_dir) if cache_dir else Path(data_root) / ".harmonia_cache"
@@ -105,12 +105,15 @@ def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os
     for task in task_list:
         t0 = time.perf_counter()
         try:
-            entry = _evaluate_task(task, cache, data_root, mode, seed_list)
+            if task.extra.get("disabled"):
+                entry = {"status": "disabled", "error": "disabled in its task file (X-ARES `disabled=True`)"}
+            else:
+                entry = _evaluate_task(task, cache, data_root, mode, seed_list)
         except EvalDataError as e:
             status = "skipped" if isinstance(e, VocabMissingError) else "failed"
             entry = {"status": status, "error": str(e)}
             print(f"[harmonia evaluate] {task.name}: {status}: {e}")
-        entry.update(_task_header(task))
+        entry = {**_task_header(task), **entry}
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         results["tasks"][task.name] = entry
         results["summary"] = summarise(results["tasks"])
@@ -127,6 +130,16 @@ def _task_header(task: Task) -> dict:
     return {"name": task.name, "formal_name": task.formal_name, "domain": task.domain, "type": task.type,
             "metric": task.metric, "weight": task.weight, "table1": task.table1,
             "folds": len(task.folds) if task.folds else None, "task": task.to_dict()}
+
+
+def task_weight(task: Task, embs: dict[str, Embeddings]) -> tuple[int, str]:
+    """The task's weight in the averages and where it came from: the task's own `weight`, else the
+    X-ARES rule (clips in the test split, for k-fold tasks the mean over folds, capped at 2000)."""
+    if task.weight is not None:
+        return task.weight, "task"
+    tests = sorted({test for _, _, test in task.rounds()})
+    clips = sum(len(set(embs[p].clips)) for p in tests) / len(tests)
+    return min(2000, round(clips)), "default: test-split clips (mean over folds), capped at 2000"
 
 
 def summarise(tasks: dict) -> dict:
@@ -149,9 +162,10 @@ def _evaluate_task(task: Task, cache: EmbeddingCache, data_root, mode: str, seed
     all_jsons = [j for e in embs.values() for j in e.jsons]
     coder = LabelCoder.fit(task, all_jsons)
     sets = {p: _probe_set(task, coder, e, hop, tokenizer, p) for p, e in embs.items()}
+    weight, weight_source = task_weight(task, embs)
     entry: dict = {"status": "ok", "partitions": {p: {"items": len(e), "clips": len(set(e.clips)),
                                                      "failed_items": e.errors} for p, e in embs.items()},
-                   "num_classes": coder.num_classes,
+                   "num_classes": coder.num_classes, "weight": weight, "weight_source": weight_source,
                    "notes": [f"corrupt cache file encoded again: {r}" for e in embs.values() for r in e.repaired]}
     # ---- linear probe
     per_seed, folds, curves = [], [], []
@@ -200,7 +214,8 @@ def _probe_set(task: Task, coder: LabelCoder, e: Embeddings, hop: float, tokeniz
             raise TaskError(f"task {task.name!r}: every clip needs the same number of captions, found {sorted(counts)}")
         return PairSet(torch.stack(audio), tokens, counts.pop())
     targets = [coder.clip_target(j, where(i)) for i, j in enumerate(e.jsons)]
-    y = torch.tensor(targets, dtype=torch.float32 if task.label == "multilabel" else torch.long)
+    many_hot = task.label == "multilabel" or isinstance(targets[0], list)  # label functions may give either
+    y = torch.tensor(targets, dtype=torch.float32 if many_hot else torch.long)
     return ClipSet(e.pooled, y)
 
 
