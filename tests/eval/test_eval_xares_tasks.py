@@ -212,3 +212,13 @@ def test_xares_esc50_task_file_runs_unchanged_and_its_knn_equals_the_xares_knn(t
                                            "xares"))
     assert entry["knn"]["per_fold"] == pytest.approx(expected, abs=1e-6)  # float32 accuracy; one item is 1/12
     assert json.dumps(res["tasks"]["esc50"]["task"])  # the recorded task is plain JSON
+
+
+def test_a_disabled_task_module_is_skipped_as_xares_does_without_failing_the_run(data_root, tmp_path, capsys):
+    from harmonia.cli import main
+
+    path = _module(tmp_path, TONE_FOLDS_MODULE.replace("        epochs=3,", "        epochs=3,\n        disabled=True,"))
+    assert main(["evaluate", "--model", "tests/eval/eval_test_encoder.py", "--tasks", str(path), "--data-root",
+                 str(data_root), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    entry = json.loads((tmp_path / "o" / "results.json").read_text())["tasks"]["tonefolds"]
+    assert entry["status"] == "disabled" and "mlp" not in entry
