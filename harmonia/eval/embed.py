@@ -59,6 +59,7 @@ from harmonia.eval.tasks import EvalDataError, Task
 from harmonia.io import (
     CheckpointError,
     read_safetensors,
+    remove_stale_temps,
     safetensors_metadata,
     write_json_atomic,
     write_safetensors,
@@ -411,6 +412,7 @@ class EmbeddingCache:
         """The saved state when it belongs to these shards (its chunks verified if unfinished), else
         a fresh one in an emptied directory."""
         path = pdir / STATE_FILE
+        remove_stale_temps(pdir)  # half-written chunks of a killed run
         if path.exists():
             state = PartitionState.read(path)
             if state.shards == sigs:

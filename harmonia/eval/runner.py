@@ -26,6 +26,7 @@ from harmonia.eval.labels import LabelCoder
 from harmonia.eval.linear_probe import ClipSet, FrameSet, PairSet, train_probe
 from harmonia.eval.tasks import EvalDataError, Task, TaskError, resolve_tasks
 from harmonia.eval.text import VocabMissingError, WordPieceTokenizer, find_bert_vocab
+from harmonia.io import remove_stale_temps
 
 MODE_NOTES = {
     "xares": "X-ARES 0.1.3 protocol: batch-of-N zero padding baked into embeddings (lengths discarded), "
@@ -81,6 +82,7 @@ def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os
     task_list = [t for t in tasks if isinstance(t, Task)] + (resolve_tasks(names, encoder) if names else [])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out_dir)
     cache_root = Path(cache_dir) if cache_dir else Path(data_root) / ".harmonia_cache"
     try:
         cache_root.mkdir(parents=True, exist_ok=True)

@@ -221,3 +221,12 @@ def test_the_package_never_unpickles_with_weights_only_false():
     root = pathlib.Path(__file__).resolve().parents[2] / "harmonia"
     offenders = [str(p) for p in root.rglob("*.py") if "weights_only=False" in p.read_text()]
     assert offenders == []
+
+
+def test_temp_files_of_a_killed_writer_are_removed_on_resume(data_root, tmp_path):
+    cache, _ = _encoded(tmp_path, data_root)
+    pdir = cache.task_dir(TONE_TASK) / "tones_train"
+    stale = pdir / ".chunk-00002.safetensors.harmonia-tmp-999999999-abcd"  # pid 999999999 does not run
+    stale.write_bytes(b"half a chunk")
+    cache.embed_task(TONE_TASK, data_root)
+    assert not stale.exists()
