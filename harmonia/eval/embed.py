@@ -225,7 +225,7 @@ class _Item:
 
 
 @dataclass
-class _Pending:
+class ChunkBuffer:
     """Encoded items not yet written to a chunk."""
 
     keys: list[str] = field(default_factory=list)
@@ -286,7 +286,7 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def write_chunk(path: Path, pending: _Pending) -> dict:
+def write_chunk(path: Path, pending: ChunkBuffer) -> dict:
     """Write the pending items as one safetensors chunk (atomically); returns its state record."""
     tensors = {"pooled": torch.stack(pending.pooled)}
     if pending.frames:
@@ -428,7 +428,7 @@ class EmbeddingCache:
         `chunk_items` items; mark the state finished at the end."""
         crop = round(task.crop_length * self.encoder.sampling_rate) if task.crop_length else None
         keep_frames = task.type == "frame"
-        pending = _Pending()
+        pending = ChunkBuffer()
         bar = tqdm(desc=f"encode {task.name}/{pdir.name}", unit="item", disable=not self.progress, leave=False)
         try:
             for batch in _batched(self._items(shards, state, crop), task.encode_batch_size):
@@ -438,13 +438,13 @@ class EmbeddingCache:
                 bar.update(len(batch))
                 if len(pending) >= self.chunk_items:
                     self._flush(pdir, pending, state)
-                    pending = _Pending()
+                    pending = ChunkBuffer()
             self._flush(pdir, pending, state, finished=True)
         finally:
             bar.close()
 
     @staticmethod
-    def _flush(pdir: Path, pending: _Pending, state: PartitionState, finished: bool = False) -> None:
+    def _flush(pdir: Path, pending: ChunkBuffer, state: PartitionState, finished: bool = False) -> None:
         if len(pending):
             state.chunks.append(write_chunk(_chunk_path(pdir, len(state.chunks)), pending))
         state.finished = finished
@@ -474,7 +474,7 @@ class EmbeddingCache:
                     yield _Item(clip, c, len(pieces), s.key, s.json, piece, shard.name)
 
     @torch.no_grad()
-    def _encode_batch(self, batch: list[_Item], batch_index: int, pending: _Pending, keep_frames: bool) -> None:
+    def _encode_batch(self, batch: list[_Item], batch_index: int, pending: ChunkBuffer, keep_frames: bool) -> None:
         if self.mode == "xares":
             # X-ARES: encoder(audio) on the zero-padded batch, lengths discarded (§0 point 1).
             wav_BN, _ = pad_batch([it.wav for it in batch])
