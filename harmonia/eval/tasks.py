@@ -8,6 +8,13 @@ A task says where its shards are (`partitions()`: partition name -> shard glob u
 `batch_size`). Label vocabularies that X-ARES hard-codes as long dicts (FSC's 248 transcriptions,
 FSD50k's 200 events, ...) are built from the data instead: the sorted union of the values found in
 all partitions (`harmonia.eval.labels`); the class index order only permutes the probe's output rows.
+
+Task files: JSON (`Task`'s fields; every field's type and range is checked and an error names the
+file and the field), a Python file defining `TASK`, or an X-ARES 0.1.3 task module used as it is
+(`<name>_config(encoder) -> TaskConfig`, executed with stand-ins for `xares.task` and `loguru`, see
+`harmonia.eval.xares_compat`; its `label_processor` becomes the task's `label_fn`). Python task
+files are code and run as such, as in X-ARES: only pass files you trust. A task without `weight`
+gets the X-ARES rule applied to its data (test-split clips, capped at 2000).
 """
 
 from __future__ import annotations
