@@ -389,24 +389,23 @@ class EmbeddingCache:
 
     def embed_partition(self, task: Task, shards: list[Path], pdir: Path) -> Embeddings:
         """One partition: resume (or start), encode what is missing, load and verify. A corrupt
-        cache file is named in a CacheWarning and the partition is encoded from scratch, once."""
+        cache file is named in a CacheWarning and the partition is encoded from scratch, once (a
+        second failure, right after a fresh encoding, raises)."""
         sigs = [_shard_sig(p) for p in shards]
-        repaired: list[str] = []
-        while True:
-            try:
-                state = self._resume(pdir, sigs)
-                if not state.finished:
-                    self._encode(task, shards, pdir, state)
-                emb = load_partition(pdir)
-            except CacheCorruptError as e:
-                if repaired:  # corrupt again right after a fresh encoding: not a stale file
-                    raise
-                warnings.warn(f"{e}; encoding {pdir} again", CacheWarning, stacklevel=2)
-                repaired.append(str(e))
-                _reset(pdir)
-                continue
-            emb.repaired = repaired
+        try:
+            return self._resume_encode_load(task, shards, pdir, sigs)
+        except CacheCorruptError as e:
+            warnings.warn(f"{e}; encoding {pdir} again", CacheWarning, stacklevel=2)
+            _reset(pdir)
+            emb = self._resume_encode_load(task, shards, pdir, sigs)
+            emb.repaired = [str(e)]
             return emb
+
+    def _resume_encode_load(self, task: Task, shards: list[Path], pdir: Path, sigs: list) -> Embeddings:
+        state = self._resume(pdir, sigs)
+        if not state.finished:
+            self._encode(task, shards, pdir, state)
+        return load_partition(pdir)
 
     def _resume(self, pdir: Path, sigs: list) -> PartitionState:
         """The saved state when it belongs to these shards (its chunks verified if unfinished), else
