@@ -13,7 +13,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", required=True,
                    help="registry name, checkpoint file/dir, HF repo id, or an X-ARES encoder file path.py[:Class]")
     p.add_argument("--tasks", nargs="+", default=["table1"],
-                   help="task names, `table1` (default), `all`, comma lists or custom task files (.json/.py)")
+                   help="task names, `table1` (default), `all`, comma lists, custom task files (.json/.py) or "
+                        "X-ARES 0.1.3 task modules (*_task.py, used as they are; xares need not be installed)")
     p.add_argument("--data-root", required=True, help="directory holding <task>/ shard folders (X-ARES env/)")
     p.add_argument("--mode", choices=["clean", "xares"], default="clean",
                    help="clean (default): masked padding, all crops, cosine kNN, seeded; xares: X-ARES 0.1.3 exactly")
