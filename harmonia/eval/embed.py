@@ -191,8 +191,10 @@ class PartitionState:
         except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
             raise CacheCorruptError(f"{path}: unreadable cache state ({type(e).__name__}: {e})") from None
         counters = (state.next_clip, state.next_crop, state.batch_index)
-        if not (isinstance(state.shards, list) and all(type(c) is int and c >= 0 for c in counters)
-                and isinstance(state.errors, list) and isinstance(state.finished, bool)
+        if not (isinstance(state.shards, list) and all(isinstance(s, list) for s in state.shards)
+                and all(type(c) is int and c >= 0 for c in counters)
+                and isinstance(state.errors, list) and all(isinstance(e, str) for e in state.errors)
+                and isinstance(state.finished, bool)
                 and isinstance(state.chunks, list) and all(_chunk_record_ok(c) for c in state.chunks)):
             raise CacheCorruptError(f"{path}: malformed cache state")
         return state

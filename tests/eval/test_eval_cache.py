@@ -194,7 +194,11 @@ def test_corrupt_chunk_is_named_and_its_partition_encoded_again(data_root, tmp_p
     assert again["tones_test"].repaired == []
 
 
-@pytest.mark.parametrize("content", [b"", b"{not json", b'{"shards": 3}', b'{"shards": [], "chunks": [{"size": "x"}]}'])
+BAD_STATES = [b"", b"{not json", b"\xff\xfe", b'{"shards": 3}', b'{"shards": [], "errors": [1]}',
+              b'{"shards": [], "chunks": [{"size": "x"}]}']
+
+
+@pytest.mark.parametrize("content", BAD_STATES)
 def test_corrupt_state_file_is_named_and_its_partition_encoded_again(data_root, tmp_path, content):
     cache, first = _encoded(tmp_path, data_root)
     state = cache.task_dir(TONE_TASK) / "tones_valid" / "state.json"
