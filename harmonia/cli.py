@@ -124,6 +124,8 @@ def error_line(prog: str, e: BaseException) -> str:
             message += f" (-> {e.filename2})"
     else:
         message = str(e) or type(e).__name__
+        if "\nOriginal Traceback" in message:  # re-raised from a DataLoader worker: keep the worker's message
+            message = message.rstrip().splitlines()[-1].split(": ", 1)[-1]
     return f"{prog}: error: {' '.join(message.split())}"
 
 
