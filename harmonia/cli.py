@@ -89,8 +89,9 @@ def partial_exit(failed: int, args: argparse.Namespace) -> int:
 def _add_common_flags(parser: argparse.ArgumentParser, top: bool = True) -> None:
     """--debug on every (sub)parser, so that it works before or after the subcommand; and the
     command name (`harmonia data shard`) for error messages."""
-    parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
-                        help="show the full Python traceback on errors (also HARMONIA_DEBUG=1)")
+    if "--debug" not in parser._option_string_actions:  # a subcommand may define its own
+        parser.add_argument("--debug", action="store_true", default=False if top else argparse.SUPPRESS,
+                            help="show the full Python traceback on errors (also HARMONIA_DEBUG=1)")
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
             for child in action.choices.values():
@@ -131,7 +132,7 @@ def error_line(prog: str, e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    debug = args.debug or os.environ.get("HARMONIA_DEBUG", "").strip() not in ("", "0", "false", "no")
+    debug = getattr(args, "debug", False) is True or os.environ.get("HARMONIA_DEBUG", "").strip() not in ("", "0", "false", "no")
     prog = getattr(args, "_prog", "harmonia")
     try:
         return int(args.func(args) or 0)

@@ -250,3 +250,31 @@ def test_cli_bugs_keep_their_traceback(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(harmonia.commands, "cmd_info", boom)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["info", str(MS)])
+
+
+def test_error_line_is_one_line_and_keeps_a_dataloader_workers_own_message():
+    from harmonia.cli import error_line
+    from harmonia.data.loader import ShardReadError
+
+    worker = ShardReadError("Caught ShardReadError in DataLoader worker process 0.\nOriginal Traceback (most "
+                            "recent call last):\n  File \"x.py\", line 1, in f\nharmonia.data.loader.ShardReadError: "
+                            "shard /s/a.tar: missing. Re-run `harmonia data shard`\n")
+    assert error_line("harmonia pretrain", worker) == ("harmonia pretrain: error: shard /s/a.tar: missing. "
+                                                       "Re-run `harmonia data shard`")
+    e = FileNotFoundError(2, "No such file or directory", "/x/y.wav")
+    assert error_line("harmonia encode", e) == "harmonia encode: error: /x/y.wav: No such file or directory"
+    assert error_line("harmonia x", ValueError("a\n  b")) == "harmonia x: error: a b"
+
+
+def test_which_exceptions_are_user_errors():
+    import errno
+
+    from harmonia.cli import is_user_error
+    from harmonia.io import CheckpointError
+
+    for e in (CheckpointError("x"), ValueError("x"), FileNotFoundError("x"), PermissionError("x"),
+              NotADirectoryError("x"), IsADirectoryError("x"), OSError(errno.EROFS, "Read-only file system"),
+              OSError(errno.ENOSPC, "No space left on device")):
+        assert is_user_error(e), e
+    for e in (RuntimeError("x"), KeyError("x"), TypeError("x"), OSError(errno.EIO, "I/O error")):
+        assert not is_user_error(e), e
