@@ -182,3 +182,35 @@ def test_plan_mixture_weight_rules():
     with pytest.raises(MixtureError, match="every corpus in it has weight 0") as exc:
         plan_mixture(hours, "speech=0.5,music=0.5", {"a": 0.0, "b": 0.0})
     assert "no data" not in str(exc.value)
+
+
+def test_manifest_write_is_atomic_and_cleans_temps_of_a_dead_writer(tmp_path, monkeypatch):
+    import errno
+    import subprocess
+    import sys
+
+    import numpy as np
+    import soundfile as sf
+
+    import harmonia.io
+    from harmonia.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    sf.write(src / "a.wav", np.zeros(16000, np.float32), 16000)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    stale = out_dir / f".m.jsonl.harmonia-tmp-{dead}-00ff00ff"
+    stale.write_text("half a manifest")
+    argv = ["data", "manifest", "--quiet", "--source", f"sound/x={src}", "-o", str(out_dir / "m.jsonl")]
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(harmonia.io.os, "fsync", no_space)
+    assert main(argv) == 2  # one error line, nothing written
+    assert list(out_dir.iterdir()) == []  # the stale temp removed, the new one deleted on failure
+    monkeypatch.undo()
+    assert main(argv) == 0 and len(read_manifest(out_dir / "m.jsonl")) == 1
