@@ -44,6 +44,13 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
 )
 # Other OSErrors that are the environment's, not a bug: full disk, read-only file system, quota.
 USER_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.ENAMETOOLONG}
+_ERRNO_HINTS = {
+    errno.EACCES: "check its permissions or choose a writable location",
+    errno.EPERM: "check its permissions or choose a writable location",
+    errno.EROFS: "the file system is read-only: choose a writable location",
+    errno.ENOSPC: "free some space and run the command again (finished outputs are kept)",
+    errno.EDQUOT: "free some space and run the command again (finished outputs are kept)",
+}
 
 
 # -------------------------------------------------------------------------------------------------
@@ -67,7 +74,6 @@ def _number(kind, test, what: str):
 positive_int = _number(int, lambda v: v > 0, "an integer >= 1")
 non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
-non_negative_float = _number(float, lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0")
 
 
 def add_allow_partial(p: argparse.ArgumentParser) -> None:
@@ -123,6 +129,8 @@ def error_line(prog: str, e: BaseException) -> str:
         message = f"{e.filename}: {e.strerror}" if e.filename else e.strerror  # no "[Errno 2]" noise
         if e.filename2:
             message += f" (-> {e.filename2})"
+        if e.errno in _ERRNO_HINTS:
+            message += f"; {_ERRNO_HINTS[e.errno]}"
     else:
         message = str(e) or type(e).__name__
         if "\nOriginal Traceback" in message:  # re-raised from a DataLoader worker: keep the worker's message
@@ -132,7 +140,8 @@ def error_line(prog: str, e: BaseException) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    debug = getattr(args, "debug", False) is True or os.environ.get("HARMONIA_DEBUG", "").strip() not in ("", "0", "false", "no")
+    debug = getattr(args, "debug", False) is True
+    debug = debug or os.environ.get("HARMONIA_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     prog = getattr(args, "_prog", "harmonia")
     try:
         return int(args.func(args) or 0)

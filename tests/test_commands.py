@@ -263,6 +263,9 @@ def test_error_line_is_one_line_and_keeps_a_dataloader_workers_own_message():
                                                        "Re-run `harmonia data shard`")
     e = FileNotFoundError(2, "No such file or directory", "/x/y.wav")
     assert error_line("harmonia encode", e) == "harmonia encode: error: /x/y.wav: No such file or directory"
+    e = PermissionError(13, "Permission denied", "/data/.harmonia_cache")
+    assert error_line("harmonia evaluate", e) == ("harmonia evaluate: error: /data/.harmonia_cache: Permission denied; "
+                                                  "check its permissions or choose a writable location")
     assert error_line("harmonia x", ValueError("a\n  b")) == "harmonia x: error: a b"
 
 
