@@ -83,6 +83,15 @@ def add_allow_partial(p: argparse.ArgumentParser) -> None:
                         "listed at the end either way)")
 
 
+def report_failures(failures: list[tuple[str, str]], what: str, where: str = "") -> None:
+    """The summary at the end of a batch command (stderr): count, then one line per failed item."""
+    if not failures:
+        return
+    print(f"{len(failures)} {what}" + (f" ({where})" if where else "") + ":", file=sys.stderr)
+    for item, why in failures:
+        print(f"  {item}: {' '.join(why.split())}", file=sys.stderr)
+
+
 def partial_exit(failed: int, args: argparse.Namespace) -> int:
     """Exit code of a batch command that finished with `failed` failed items."""
     return EXIT_PARTIAL if failed and not getattr(args, "allow_partial", False) else 0

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harmonia.cli import add_allow_partial, partial_exit, positive_float, positive_int
+from harmonia.cli import add_allow_partial, partial_exit, positive_float, positive_int, report_failures
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -134,10 +134,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     bar.close()
     done = len(files) - len(failures)
     print(f"encoded {done}/{len(files)} files to {out}", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} file(s) failed:", file=sys.stderr)
-        for f, why in failures:
-            print(f"  {f}: {why}", file=sys.stderr)
+    report_failures(failures, "file(s) failed")
     return partial_exit(len(failures), args)
 
 

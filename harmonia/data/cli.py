@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from harmonia.cli import add_allow_partial, non_negative_int, partial_exit, positive_float, positive_int
+from harmonia.cli import (
+    add_allow_partial,
+    non_negative_int,
+    partial_exit,
+    positive_float,
+    positive_int,
+    report_failures,
+)
 
 
 def _manifest(args: argparse.Namespace) -> int:
@@ -27,7 +33,7 @@ def _manifest(args: argparse.Namespace) -> int:
         write_text_atomic(failed, "".join(f"{p}\t{' '.join(why.split())}\n" for p, why in res.failures))
     else:
         failed.unlink(missing_ok=True)  # from an earlier run whose failures are now fixed
-    report_failures([(p, why) for p, why in res.failures], "unreadable file(s), left out of the manifest",
+    report_failures(res.failures, "unreadable file(s), left out of the manifest",
                     f"listed in {failed}")
     return partial_exit(len(res.failures), args)
 
@@ -37,15 +43,6 @@ def output_parent(path: Path) -> None:
     if path.is_dir():
         raise IsADirectoryError(f"{path}: is a directory; expected the path of the file to write")
     path.parent.mkdir(parents=True, exist_ok=True)
-
-
-def report_failures(failures: list[tuple[str, str]], what: str, where: str = "") -> None:
-    """The summary at the end of a batch command: count, then one line per failed item."""
-    if not failures:
-        return
-    print(f"{len(failures)} {what}" + (f" ({where})" if where else "") + ":", file=sys.stderr)
-    for item, why in failures:
-        print(f"  {item}: {' '.join(why.split())}", file=sys.stderr)
 
 
 def _seg_seconds(entries, max_seconds: float) -> dict[str, float]:
