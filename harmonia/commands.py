@@ -69,7 +69,11 @@ def load_from_args(args: argparse.Namespace):
     if getattr(args, "beats_config", None):
         import yaml
 
-        options["beats_config"] = yaml.safe_load(Path(args.beats_config).read_text())
+        try:
+            options["beats_config"] = yaml.safe_load(Path(args.beats_config).read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"--beats-config {args.beats_config}: not valid JSON/YAML ({e}); expected a mapping "
+                             "of BEATs config fields") from None
     if getattr(args, "device", "cpu") != "cpu":
         options["device"] = args.device
     return load_encoder(args.model, **options)

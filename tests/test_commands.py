@@ -281,3 +281,12 @@ def test_which_exceptions_are_user_errors():
         assert is_user_error(e), e
     for e in (RuntimeError("x"), KeyError("x"), TypeError("x"), OSError(errno.EIO, "I/O error")):
         assert not is_user_error(e), e
+
+
+def test_unreadable_beats_config_is_a_one_line_error(tmp_path, capsys):
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("encoder_layers: [1, 2\n")
+    rc = main(["encode", "--model", str(MS), "--beats-config", str(cfg), "--out", str(tmp_path / "o"),
+               str(FIX / "audio" / "example.wav")])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and err[0].startswith(f"harmonia encode: error: --beats-config {cfg}")
