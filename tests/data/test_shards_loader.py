@@ -154,8 +154,10 @@ def test_a_full_disk_mid_shard_leaves_no_temp_file_and_the_rerun_completes(tmp_p
     assert index["streams"]["sound/x"]["segments"] == 3
 
 
-@pytest.mark.parametrize("damage", ["truncate", "delete", "cut_at_member"])
-def test_damaged_shard_is_named_by_the_loader_and_rewritten_by_the_next_shard_run(tmp_path, damage):
+@pytest.mark.parametrize("damage,num_workers", [("truncate", 0), ("delete", 0), ("cut_at_member", 0),
+                                                ("truncate", 2)])
+def test_damaged_shard_is_named_by_the_loader_and_rewritten_by_the_next_shard_run(tmp_path, damage, num_workers):
+    from harmonia.cli import error_line
     from harmonia.data.loader import ShardReadError
 
     _, entries = _tiny_pool(tmp_path, n=4)
@@ -176,11 +178,12 @@ def test_damaged_shard_is_named_by_the_loader_and_rewritten_by_the_next_shard_ru
         with tarfile.open(fileobj=__import__("io").BytesIO(good)) as t:
             members = t.getmembers()
         victim.write_bytes(good[: members[2].offset])
-    loader = build_loader(out, {"sound": 1.0}, batch_size=4)
+    loader = build_loader(out, {"sound": 1.0}, batch_size=4, num_workers=num_workers)
     with pytest.raises(ShardReadError) as exc:
         next(iter(loader))
-    msg = str(exc.value)
-    assert str(victim) in msg and "harmonia data shard" in msg and str(out) in msg
+    msg = error_line("harmonia pretrain", exc.value)  # what the CLI prints (also from a worker process)
+    assert msg.startswith(f"harmonia pretrain: error: shard {victim}: ")
+    assert "harmonia data shard" in msg and str(out) in msg
     write_shards(entries, out, shard_seconds=2.0, progress=False)
     assert victim.read_bytes() == good
     batch = next(iter(build_loader(out, {"sound": 1.0}, batch_size=4)))
