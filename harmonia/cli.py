@@ -50,6 +50,8 @@ _ERRNO_HINTS = {
     errno.EROFS: "the file system is read-only: choose a writable location",
     errno.ENOSPC: "free some space and run the command again (finished outputs are kept)",
     errno.EDQUOT: "free some space and run the command again (finished outputs are kept)",
+    errno.EEXIST: "something is in the way (a file where a folder is expected?): remove it or choose another path",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another path",
 }
 
 

@@ -267,6 +267,9 @@ def test_error_line_is_one_line_and_keeps_a_dataloader_workers_own_message():
     assert error_line("harmonia evaluate", e) == ("harmonia evaluate: error: /data/.harmonia_cache: Permission denied; "
                                                   "check its permissions or choose a writable location")
     assert error_line("harmonia x", ValueError("a\n  b")) == "harmonia x: error: a b"
+    e = FileExistsError(17, "File exists", "/runs/out")
+    assert error_line("harmonia evaluate", e).startswith("harmonia evaluate: error: /runs/out: File exists; "
+                                                         "something is in the way")
 
 
 def test_which_exceptions_are_user_errors():
