@@ -83,11 +83,20 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
     return torch.from_numpy(np.ascontiguousarray(wav))
 
 
+# `data` sizes that writers put in a WAV header when they cannot know the length (the output is a
+# pipe and cannot be rewound): ffmpeg and most tools write 0xFFFFFFFF, SoX 0x7FFFF000. Such a header
+# announces nothing; libsndfile reads up to the end of the file, which is then the whole stream.
+STREAMED_WAV_SIZES = (0xFFFFFFFF, 0x7FFFF000)
+
+
 def _riff_declared_frames(path: Path, info) -> int | None:
-    """Frames announced by the `data` chunk of a RIFF/WAVE header (None if it cannot be read)."""
+    """Frames announced by the `data` chunk of a RIFF/WAVE header (None if it cannot be read or the
+    header is a streaming placeholder that announces no length)."""
     with open(path, "rb") as f:
         head = f.read(12)
         if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        if int.from_bytes(head[4:8], "little") == 0xFFFFFFFF:  # RIFF size of a streamed file
             return None
         block_align = None
         while True:
@@ -99,6 +108,8 @@ def _riff_declared_frames(path: Path, info) -> int | None:
                 fmt = f.read(size + (size & 1))
                 block_align = int.from_bytes(fmt[12:14], "little")
             elif cid == b"data":
+                if size in STREAMED_WAV_SIZES:
+                    return None
                 return size // block_align if block_align else None
             else:
                 f.seek(size + (size & 1), 1)

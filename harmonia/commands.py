@@ -4,20 +4,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from harmonia.cli import add_allow_partial, partial_exit, positive_float, positive_int, report_failures
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("encode", help="encode audio files to DIR/<stem>.npy (T', D) each")
     _model_args(p)
-    p.add_argument("--batch-size", type=int, default=1, help="files encoded together (exact masking)")
+    p.add_argument("--batch-size", type=positive_int, default=1, help="files encoded together (exact masking)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("files", nargs="+", help="audio files (wav, flac, ogg, mp3; any rate, any channels)")
+    add_allow_partial(p)
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser("info", help="print an encoder's family, config, size, hop and output dim")
@@ -33,26 +35,28 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("bench", help="throughput (audio-s per s) and peak memory of an encoder, as one JSON line")
     p.add_argument("--model", required=True)
-    p.add_argument("--seconds", type=float, default=10.0, help="clip length")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--seconds", type=positive_float, default=10.0, help="clip length")
+    p.add_argument("--batch", type=positive_int, default=1)
+    p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=cmd_bench)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="checkpoint path, directory, registry name, HF repo id, or a+b+c")
     p.add_argument("--layout", choices=["flat", "mean", "concat"], default=None, help="BEATs output layout")
-    p.add_argument("--layer", type=int, default=None, help="state after N transformer layers (default: last)")
-    p.add_argument("--chunk-seconds", type=float, default=None, help="long-input chunk length (default 10 s)")
+    p.add_argument("--layer", type=int, default=None,
+                   help="state after N transformer layers (default: last; negative counts from the end)")
+    p.add_argument("--chunk-seconds", type=positive_float, default=None, help="long-input chunk length (default 10 s)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--beats-config", default=None, help="JSON/YAML file with the BEATs cfg of a bare state dict")
     p.add_argument("--align", choices=["nearest", "linear"], default=None,
                    help="ensembles (a+b+c or a named one): how member frames are resampled to the reference's")
     p.add_argument("--fuse", choices=["concat", "mean"], default=None, help="ensembles: concatenate or average")
-    p.add_argument("--reference", type=int, default=None, help="ensembles: index of the member whose frame grid is used")
+    p.add_argument("--reference", type=int, default=None,
+                   help="ensembles: index of the member whose frame grid is used")
 
 
 def load_from_args(args: argparse.Namespace):
@@ -65,27 +69,42 @@ def load_from_args(args: argparse.Namespace):
     if getattr(args, "beats_config", None):
         import yaml
 
-        options["beats_config"] = yaml.safe_load(Path(args.beats_config).read_text())
+        try:
+            options["beats_config"] = yaml.safe_load(Path(args.beats_config).read_text())
+        except yaml.YAMLError as e:
+            raise ValueError(f"--beats-config {args.beats_config}: not valid JSON/YAML ({e}); expected a mapping "
+                             "of BEATs config fields") from None
     if getattr(args, "device", "cpu") != "cpu":
         options["device"] = args.device
     return load_encoder(args.model, **options)
 
 
+def output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create an output folder (with parents); a path that exists but is not a folder is refused."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{flag} {path}: exists and is not a directory; expected a folder (created "
+                                 "when missing): remove the file or choose another path")
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _save_npy_atomic(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    from harmonia.io import atomic_write
+
+    with atomic_write(path, "wb") as f:
         np.save(f, array)
-    os.replace(tmp, path)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from harmonia.audio import AudioError, load_audio, pad_batch
+    from harmonia.io import remove_stale_temps
 
+    out = output_dir(args.out)
     encoder = load_from_args(args)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out)  # left by a killed or failed earlier run
     files = [Path(f) for f in args.files]
     stems: dict[str, Path] = {}
     failures: list[tuple[str, str]] = []
@@ -96,7 +115,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
             stems[f.stem] = f
     todo = [f for f in files if stems.get(f.stem) is f]
     bar = tqdm(total=len(todo), unit="file", desc="encode", file=sys.stderr)
-    for i in range(0, len(todo), max(1, args.batch_size)):
+    for i in range(0, len(todo), args.batch_size):
         batch, wavs = [], []
         for f in todo[i: i + args.batch_size]:
             try:
@@ -119,12 +138,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
     bar.close()
     done = len(files) - len(failures)
     print(f"encoded {done}/{len(files)} files to {out}", file=sys.stderr)
-    if failures:
-        print(f"{len(failures)} file(s) failed:", file=sys.stderr)
-        for f, why in failures:
-            print(f"  {f}: {why}", file=sys.stderr)
-        return 1
-    return 0
+    report_failures(failures, "file(s) failed")
+    return partial_exit(len(failures), args)
 
 
 def describe(encoder) -> dict:
@@ -163,11 +178,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from harmonia.hub import save_harmonia
 
     options = {"dtype": getattr(torch, args.dtype)} if args.dtype else {}
+    out_dir = output_dir(args.out_dir, "OUT_DIR")
     encoder = load_encoder(args.source, **options)
     if not hasattr(encoder, "export_config"):
-        print(f"{args.source}: this encoder cannot be exported to harmonia's format", file=sys.stderr)
-        return 2
-    out = save_harmonia(encoder, args.out_dir)
+        raise ValueError(f"{args.source}: a {type(encoder).__name__} cannot be exported to harmonia's format; "
+                         "convert its members one at a time")
+    out = save_harmonia(encoder, out_dir)
     print(f"wrote {out / 'config.json'} and {out / 'model.safetensors'}")
     return 0
 

@@ -75,3 +75,34 @@ def test_crop_or_pad_and_pad_batch():
     assert crop_or_pad(x, 7).tolist() == [0, 1, 2, 3, 4, 0, 0]
     wav, lengths = pad_batch([torch.ones(2), torch.ones(4)])
     assert wav.tolist() == [[1, 1, 0, 0], [1, 1, 1, 1]] and lengths.tolist() == [2, 4]
+
+
+def _hand_made_wav(path, samples: np.ndarray, riff_size: int | None, data_size: int | None) -> None:
+    """A 16 kHz mono PCM_16 WAV written byte by byte; None sizes are the true ones."""
+    import struct
+
+    payload = samples.astype("<i2").tobytes()
+    data_size = len(payload) if data_size is None else data_size
+    riff_size = 4 + 24 + 8 + len(payload) if riff_size is None else riff_size
+    fmt = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    path.write_bytes(b"RIFF" + struct.pack("<I", riff_size) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt
+                     + b"data" + struct.pack("<I", data_size) + payload)
+
+
+@pytest.mark.parametrize("riff_size,data_size", [(0xFFFFFFFF, 0xFFFFFFFF), (None, 0xFFFFFFFF),
+                                                 (0xFFFFFFFF, None), (None, 0x7FFFF000)])
+def test_streamed_wav_with_placeholder_sizes_is_read_whole(tmp_path, riff_size, data_size):
+    """Pipes (ffmpeg -f wav -, sox ... -t wav -) cannot rewind to write the sizes: the header holds
+    placeholders and every frame up to the end of the file belongs to the stream."""
+    samples = (np.sin(np.arange(12345) / 7.0) * 12000).astype(np.int16)
+    _hand_made_wav(tmp_path / "stream.wav", samples, riff_size, data_size)
+    wav = load_audio(tmp_path / "stream.wav")
+    assert len(wav) == len(samples)
+    assert torch.allclose(wav, torch.from_numpy(samples / 32768.0).float(), atol=1e-6)
+
+
+def test_wav_with_a_real_size_that_the_file_does_not_hold_is_truncated(tmp_path):
+    samples = np.zeros(16000, np.int16)
+    _hand_made_wav(tmp_path / "short.wav", samples[:8000], None, 2 * 16000)  # header: 1 s, file: 0.5 s
+    with pytest.raises(AudioError, match="short.wav.*truncated.*16000 frames.*8000"):
+        load_audio(tmp_path / "short.wav")

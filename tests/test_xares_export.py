@@ -75,7 +75,7 @@ def test_hop_is_consistent_with_frame_count(plugin, seconds):
 def test_no_other_encoder_names_are_imported(plugin):
     text = plugin.read_text()
     imports = [line for line in text.splitlines() if line.startswith(("import ", "from "))]
-    assert imports == ["import torch as _torch", "from harmonia import load_encoder as _load"]
+    assert imports == ["import json as _json", "import torch as _torch", "from harmonia import load_encoder as _load"]
 
 
 def test_class_names_are_unique_per_model_and_options():
@@ -118,3 +118,37 @@ def test_xares_run_style_import_by_relative_module_path(plugin, monkeypatch):
     module = importlib.import_module("my_encoder")
     assert len(encoder_attributes(module)) == 1
     sys.modules.pop("my_encoder", None)
+
+
+# Checkpoint names that would break out of a string literal or a docstring if pasted into source.
+CRAFTED_NAMES = [
+    'm"""+__import__("os").system("touch PWNED")+""".pt',
+    "m'''+__import__('os').system('touch PWNED')+'''.pt",
+    'back\\slash\\"+__import__("os").system("touch PWNED")#.pt',
+    'new\nline"\n__import__("os").system("touch PWNED")\n#.pt',
+    "ünïcödé \u2028 \U0001f3b5 {OPTIONS}.pt",
+]
+
+
+@pytest.mark.parametrize("name", CRAFTED_NAMES)
+def test_crafted_checkpoint_names_cannot_inject_code(tmp_path, monkeypatch, name):
+    """The source path is data, never code: importing the plug-in runs nothing and it still loads
+    the right file and passes the X-ARES checker."""
+    from xares.audio_encoder_checker import check_audio_encoder
+
+    ckpt = tmp_path / name
+    ckpt.write_bytes(BEATS_A.read_bytes())
+    out = tmp_path / "crafted_encoder.py"
+    export_xares(str(ckpt), out, {"dtype": "float32"})
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)  # where an injected `touch PWNED` would land
+    module = import_module(out)
+    assert not (work / "PWNED").exists() and not (tmp_path / "PWNED").exists()
+    assert module.SOURCE == str(ckpt.resolve()) and module.OPTIONS == {"dtype": "float32"}
+    names = encoder_attributes(module)
+    assert len(names) == 1
+    encoder = getattr(module, names[0])()
+    assert check_audio_encoder(encoder) is True
+    wav = torch.randn(1, 16000, generator=torch.Generator().manual_seed(1))
+    assert torch.equal(encoder(wav), harmonia.load_encoder(BEATS_A)(wav))

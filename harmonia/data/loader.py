@@ -35,20 +35,38 @@ def _stream_hash(name: str) -> int:
     return int(hashlib.sha1(name.encode()).hexdigest()[:8], 16)
 
 
-def _read_tar(path: Path) -> list[tuple[str, bytes, bytes]]:
-    """All (key, flac bytes, json bytes) samples of a webdataset tar, in tar order."""
+class ShardReadError(ManifestError):
+    """A shard is missing, truncated or corrupt; the message names it and how to rewrite it."""
+
+
+def _shard_error(path: Path, what: str) -> ShardReadError:
+    return ShardReadError(f"shard {path}: {what}. Re-run `harmonia data shard MANIFEST -o {path.parent.parent}` "
+                          "with the manifest and options that wrote it: it rewrites missing or damaged shards "
+                          "and keeps the intact ones")
+
+
+def _read_tar(path: Path, expected: int | None = None) -> list[tuple[str, bytes, bytes]]:
+    """All (key, flac bytes, json bytes) samples of a webdataset tar, in tar order; `expected` is the
+    sample count the index records (a truncated tar can end cleanly at a member boundary)."""
     samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(path, "r") as tar:
-        for m in tar:
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.partition(".")
-            samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    try:
+        with tarfile.open(path, "r") as tar:
+            for m in tar:
+                if not m.isfile():
+                    continue
+                key, _, ext = m.name.partition(".")
+                samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    except FileNotFoundError:
+        raise _shard_error(path, "missing (listed in the index but not on disk)") from None
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise _shard_error(path, f"cannot be read, it is truncated or corrupt ({type(e).__name__}: {e})") from None
     out = []
     for key, parts in samples.items():
         if "flac" not in parts:
-            raise ManifestError(f"{path}: sample {key!r} has no .flac member; rewrite the shard")
+            raise _shard_error(path, f"sample {key!r} has no .flac member")
         out.append((key, parts["flac"], parts.get("json", b"{}")))
+    if expected is not None and len(out) != expected:
+        raise _shard_error(path, f"holds {len(out)} samples but the index records {expected} (truncated?)")
     return out
 
 
@@ -77,7 +95,7 @@ class ShardStream:
         if self._cache and self._cache[:2] == (epoch, shard_pos):
             return self._cache[2], self._cache[3]
         shard = self._epoch_shards(epoch)[shard_pos]
-        samples = _read_tar(self.root / self.shards[shard]["path"])
+        samples = _read_tar(self.root / self.shards[shard]["path"], self.shards[shard].get("segments"))
         rng = np.random.default_rng([self.seed, _stream_hash(self.name), epoch, shard, 1])
         order = [int(i) for i in rng.permutation(len(samples))]
         if not self.by_shard:
@@ -105,8 +123,12 @@ class ShardStream:
                 continue
             key, flac, meta = samples[order[self.sample_pos]]
             self.sample_pos += 1
-            wav, sr = sf.read(io.BytesIO(flac), dtype="float32")
-            return key, wav, {**json.loads(meta), "sample_rate": sr}
+            try:
+                wav, sr = sf.read(io.BytesIO(flac), dtype="float32")
+                return key, wav, {**json.loads(meta), "sample_rate": sr}
+            except (sf.LibsndfileError, RuntimeError, ValueError) as e:
+                path = self.root / self.shards[self._epoch_shards(self.epoch)[self.shard_pos]]["path"]
+                raise _shard_error(path, f"sample {key!r} cannot be decoded ({e})") from None
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "shard_pos": self.shard_pos, "sample_pos": self.sample_pos}

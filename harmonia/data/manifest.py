@@ -4,6 +4,12 @@ domain, corpus and id.
 `scan_sources` walks folders in parallel (header reads only, through libsndfile), reports every
 unreadable file instead of dropping it silently, and removes blacklisted ids (evaluation leaks: the
 paper filtered Freesound / FMA / YouTube ids that appear in the X-ARES test sets).
+
+Duplicates: every id and every audio path appears once in a pool. `read_manifest` drops a line
+that repeats an earlier line exactly (e.g. two overlapping manifests concatenated) with a warning
+naming both line numbers, and refuses two different lines with the same id or the same path
+(which one is right cannot be guessed). Counting a file twice would double its hours in the mixture
+and write it twice into the shards.
 """
 
 from __future__ import annotations
@@ -11,7 +17,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator
+import warnings
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,6 +31,10 @@ DOMAINS = ("speech", "music", "sound")
 
 class ManifestError(ValueError):
     """A manifest or a source specification is malformed; the message names the fix."""
+
+
+class ManifestWarning(UserWarning):
+    """A manifest was usable after a harmless repair (exact duplicate lines dropped)."""
 
 
 @dataclass(frozen=True)
@@ -128,39 +139,59 @@ def scan_sources(sources: Iterable[Source], workers: int = 8, blacklist: set[str
                 (dropped if blacklist and is_blacklisted(res, blacklist) else entries).append(res)
             else:
                 failures.append(res)
-    seen: dict[str, str] = {}
-    for e in entries:
-        if e.id in seen:
-            raise ManifestError(f"duplicate id {e.id!r} ({seen[e.id]} and {e.path}): two files with the same "
-                                "stem in one folder; rename one, or give the folders different corpus names")
-        seen[e.id] = e.path
+    check_unique(entries, lambda e: e.path)
     return ScanResult(entries, failures, dropped)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file via a temporary name and rename, so that readers never see half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+def check_unique(entries: Sequence[Entry], where) -> None:
+    """Raise ManifestError when two entries share an id or a path; `where(entry)` says where each
+    one came from (a file path, a manifest line)."""
+    for field in ("id", "path"):
+        seen: dict[str, Entry] = {}
+        for e in entries:
+            key = getattr(e, field)
+            if key in seen:
+                hint = ("two files with the same stem in one folder: rename one, or give the folders different "
+                        "corpus names" if field == "id" else "one file listed under two ids: keep one")
+                raise ManifestError(f"duplicate {field} {key!r} ({where(seen[key])} and {where(e)}); {hint}")
+            seen[key] = e
 
 
 def write_manifest(entries: Iterable[Entry], path: str | os.PathLike) -> None:
-    atomic_write_text(path, "".join(e.to_json() + "\n" for e in entries))
+    """Write the manifest atomically (readers see the old file or the whole new one)."""
+    from harmonia.io import write_text_atomic
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, "".join(e.to_json() + "\n" for e in entries))
 
 
 def read_manifest(path: str | os.PathLike) -> list[Entry]:
-    """Read a JSONL manifest; a malformed line raises naming the line number."""
-    entries = []
+    """Read a JSONL manifest. A malformed line raises naming the line number; an exact repeat of an
+    earlier entry is dropped with a ManifestWarning naming both lines; two different entries with
+    the same id or path raise ManifestError naming both lines."""
+    entries: list[Entry] = []
+    lines: dict[Entry, int] = {}  # entry -> line number of its first occurrence
+    repeats: list[tuple[int, int]] = []
     fields = set(Entry.__dataclass_fields__)
     for i, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue
         try:
             obj = json.loads(line)
-            entries.append(Entry(**{k: obj[k] for k in fields}))
+            entry = Entry(**{k: obj[k] for k in fields})
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ManifestError(f"{path}:{i}: not a manifest line ({e}); expected JSON with keys "
                                 f"{sorted(fields)}; regenerate it with `harmonia data manifest`") from e
+        if entry in lines:
+            repeats.append((i, lines[entry]))
+            continue
+        lines[entry] = i
+        entries.append(entry)
+    if repeats:
+        shown = ", ".join(f"{i} (= line {first})" for i, first in repeats[:10])
+        more = f" and {len(repeats) - 10} more" if len(repeats) > 10 else ""
+        warnings.warn(f"{path}: dropped {len(repeats)} duplicate line(s): {shown}{more}; each file is counted "
+                      "once. Rewrite the manifest without them to silence this warning", ManifestWarning,
+                      stacklevel=2)
+    check_unique(entries, lambda e: f"{path}:{lines[e]}")
     return entries

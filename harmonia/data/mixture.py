@@ -62,6 +62,14 @@ def parse_ratio(spec: str | Mapping[str, float]) -> dict[str, float]:
     return {d: v / scale for d, v in raw.items()}
 
 
+def check_weight(corpus: str, weight: float) -> float:
+    """A corpus weight must be a finite number >= 0 (0 leaves the corpus out)."""
+    if not (isinstance(weight, (int, float)) and math.isfinite(weight) and weight >= 0):
+        raise MixtureError(f"corpus weight {corpus}={weight}: expected a finite number >= 0 (1 = in proportion "
+                           "to its hours, 0 = leave it out), e.g. --weight commonvoice=0.5")
+    return float(weight)
+
+
 @dataclass(frozen=True)
 class MixturePlan:
     """target[stream] = share of hours drawn from `domain/corpus`; shares sum to 1."""
@@ -84,7 +92,7 @@ def plan_mixture(hours: Mapping[str, float], ratio: str | Mapping[str, float],
     left out.
     """
     ratio = parse_ratio(ratio)
-    corpus_weights = dict(corpus_weights or {})
+    corpus_weights = {k: check_weight(k, w) for k, w in (corpus_weights or {}).items()}
     by_domain: dict[str, dict[str, float]] = {}
     for stream, h in hours.items():
         if "/" not in stream:
@@ -103,6 +111,10 @@ def plan_mixture(hours: Mapping[str, float], ratio: str | Mapping[str, float],
         weighted = {s: h * corpus_weights.get(s, corpus_weights.get(s.split("/", 1)[1], 1.0))
                     for s, h in streams.items()}
         total = sum(weighted.values())
+        if total <= 0 and sum(streams.values()) > 0:
+            raise MixtureError(f"domain {domain!r} has share {share:.0%} but every corpus in it has weight 0 "
+                               f"({sorted(s.split('/', 1)[1] for s in streams)}); give one of them a positive "
+                               f"weight or set the share of {domain} to 0")
         if total <= 0:
             have = sorted(d for d, s in by_domain.items() if sum(s.values()) > 0)
             raise MixtureError(f"domain {domain!r} has share {share:.0%} but no data in the pool (domains "

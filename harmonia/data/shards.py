@@ -4,16 +4,20 @@ Layout written by `write_shards(manifest, out_dir)`:
 
     out_dir/index.json                      streams -> shards (path, segments, seconds)
     out_dir/<domain>/<corpus>-000000.tar    webdataset samples: <key>.flac, <key>.json
-    out_dir/<domain>/<corpus>-000000.tar.json   sidecar: plan hash, segment list, failures
+    out_dir/<domain>/<corpus>-000000.tar.json   sidecar: plan hash, tar size, segment list, failures
 
 Deterministic: the files of a corpus are shuffled with `seed` and packed into shards of about
 `shard_seconds` of audio from the manifest alone, so every shard's content is known before any
-audio is decoded. Atomic: each tar and sidecar is written under a temporary name and renamed.
-Resumable: a shard whose sidecar carries the same plan hash is skipped on the next run.
+audio is decoded. Atomic: each tar and sidecar is written under a unique temporary name and renamed;
+temporary files of a killed run are removed by the next one. Resumable: a shard is skipped on the
+next run only when its sidecar carries the same plan hash, the tar has the recorded size and no file
+of it failed; a shard with failed files, a missing or a truncated shard is written again (so a file
+that was missing and has been restored gets in).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -29,7 +33,8 @@ import numpy as np
 import soundfile as sf
 
 from harmonia.audio import SAMPLE_RATE, load_audio
-from harmonia.data.manifest import Entry, ManifestError, atomic_write_text
+from harmonia.data.manifest import Entry, ManifestError, check_unique
+from harmonia.io import atomic_path, remove_stale_temps, write_json_atomic
 
 INDEX_NAME = "index.json"
 INDEX_VERSION = 1
@@ -65,6 +70,7 @@ def plan_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_seco
     """Assign the files of each corpus to shards (seeded shuffle, then greedy packing)."""
     if not 0 < min_seconds <= max_seconds:
         raise ManifestError(f"segment bounds: need 0 < min_seconds <= max_seconds, found {min_seconds}, {max_seconds}")
+    check_unique(entries, lambda e: e.path)  # one id twice would be two tar members with one key
     out = Path(out_dir)
     streams: dict[str, list[Entry]] = {}
     for e in entries:
@@ -96,15 +102,17 @@ def _sidecar(path: Path) -> Path:
 
 
 def shard_done(job: ShardJob) -> dict | None:
-    """The sidecar of a completed shard with this plan, else None."""
+    """The sidecar of a complete shard with this plan (intact tar, no failed file), else None."""
     side = _sidecar(job.path)
-    if not (side.exists() and job.path.exists()):
+    if not (side.is_file() and job.path.is_file()):
         return None
     try:
         meta = json.loads(side.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return None
-    return meta if meta.get("plan_hash") == job.plan_hash else None
+    if not isinstance(meta, dict) or meta.get("plan_hash") != job.plan_hash or meta.get("failures"):
+        return None
+    return meta if meta.get("bytes") == job.path.stat().st_size else None
 
 
 def write_shard(job: ShardJob) -> dict:
@@ -112,31 +120,34 @@ def write_shard(job: ShardJob) -> dict:
     import webdataset as wds
 
     job.path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = job.path.with_name(job.path.name + f".tmp{os.getpid()}")
     segments, failures = [], []
     max_n, min_n = round(job.max_seconds * SAMPLE_RATE), round(job.min_seconds * SAMPLE_RATE)
-    with open(tmp, "wb") as f:
+    with atomic_path(job.path) as tmp, open(tmp, "wb") as f:
         # Fixed mtime/user/group: the same plan gives byte-identical tars.
         writer = wds.TarWriter(f, mtime=0.0, user="harmonia", group="harmonia")
-        for e in job.entries:
-            try:
-                wav = load_audio(e.path).numpy()
-            except Exception as err:  # noqa: BLE001 - reported in the sidecar and at the end
-                failures.append({"id": e.id, "path": e.path, "error": str(err)})
-                continue
-            for s, (a, b) in enumerate(segment_bounds(len(wav), max_n, min_n)):
-                buf = io.BytesIO()
-                sf.write(buf, np.clip(wav[a:b], -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-                key = sample_key(e.id, s)
-                meta = {"id": e.id, "segment": s, "start": a / SAMPLE_RATE, "seconds": (b - a) / SAMPLE_RATE,
-                        "domain": e.domain, "corpus": e.corpus, "sample_rate": SAMPLE_RATE}
-                writer.write({"__key__": key, "flac": buf.getvalue(), "json": meta})
-                segments.append({"key": key, "id": e.id, "seconds": (b - a) / SAMPLE_RATE})
+        try:
+            for e in job.entries:
+                try:
+                    wav = load_audio(e.path).numpy()
+                except Exception as err:  # noqa: BLE001 - reported in the sidecar and at the end
+                    failures.append({"id": e.id, "path": e.path, "error": str(err)})
+                    continue
+                for s, (a, b) in enumerate(segment_bounds(len(wav), max_n, min_n)):
+                    buf = io.BytesIO()
+                    sf.write(buf, np.clip(wav[a:b], -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
+                    key = sample_key(e.id, s)
+                    meta = {"id": e.id, "segment": s, "start": a / SAMPLE_RATE, "seconds": (b - a) / SAMPLE_RATE,
+                            "domain": e.domain, "corpus": e.corpus, "sample_rate": SAMPLE_RATE}
+                    writer.write({"__key__": key, "flac": buf.getvalue(), "json": meta})
+                    segments.append({"key": key, "id": e.id, "seconds": (b - a) / SAMPLE_RATE})
+        except BaseException:
+            with contextlib.suppress(Exception):  # the tar stream is discarded with its temp file
+                writer.close()
+            raise
         writer.close()
-    os.replace(tmp, job.path)
-    meta = {"plan_hash": job.plan_hash, "stream": job.stream, "segments": segments,
-            "seconds": sum(s["seconds"] for s in segments), "failures": failures}
-    atomic_write_text(_sidecar(job.path), json.dumps(meta))
+    meta = {"plan_hash": job.plan_hash, "stream": job.stream, "bytes": job.path.stat().st_size,
+            "segments": segments, "seconds": sum(s["seconds"] for s in segments), "failures": failures}
+    write_json_atomic(_sidecar(job.path), meta)
     return meta
 
 
@@ -144,11 +155,14 @@ def write_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_sec
                  max_seconds: float = 10.0, min_seconds: float = 1.0, seed: int = 0, workers: int = 1,
                  progress: bool = True) -> dict:
     """Write every shard not already complete, then the index. Returns the index dict, with
-    `failures` listing every file that could not be decoded (they are skipped, not fatal)."""
+    `failures` listing every file that could not be decoded (they are skipped, not fatal, and their
+    shards are tried again by the next run)."""
     from tqdm import tqdm
 
     out = Path(out_dir)
     jobs = plan_shards(entries, out, shard_seconds, max_seconds, min_seconds, seed)
+    for folder in {out} | {j.path.parent for j in jobs}:
+        remove_stale_temps(folder)  # tars and sidecars of a killed run
     metas: dict[Path, dict] = {}
     todo = []
     for j in jobs:
@@ -178,7 +192,8 @@ def write_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_sec
         st["seconds"] += meta["seconds"]
         st["segments"] += len(meta["segments"])
         index["failures"].extend(meta["failures"])
-    atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=1))
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / INDEX_NAME, index, indent=1)
     return index
 
 
@@ -187,8 +202,13 @@ def read_index(shard_dir: str | os.PathLike) -> dict:
     if not path.exists():
         raise ManifestError(f"{path}: no shard index; write shards first with `harmonia data shard MANIFEST "
                             f"-o {shard_dir}`")
-    index = json.loads(path.read_text())
-    if index.get("version") != INDEX_VERSION:
-        raise ManifestError(f"{path}: index version {index.get('version')}, expected {INDEX_VERSION}; "
+    try:
+        index = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ManifestError(f"{path}: not a readable shard index ({e}); re-run `harmonia data shard MANIFEST "
+                            f"-o {shard_dir}` to rewrite it") from None
+    if not isinstance(index, dict) or index.get("version") != INDEX_VERSION:
+        version = index.get("version") if isinstance(index, dict) else None
+        raise ManifestError(f"{path}: index version {version}, expected {INDEX_VERSION}; "
                             "rewrite the shards with this harmonia")
     return index

@@ -36,14 +36,17 @@ def test_cli_manifest_writes_jsonl_and_failed_list(pool_dir, tmp_path, capsys):
     parser = argparse.ArgumentParser()
     add_parser(parser.add_subparsers(dest="cmd"))
     out = tmp_path / "m.jsonl"
-    args = parser.parse_args(["data", "manifest", "--quiet", "-o", str(out), *sum((["--source", s] for s in sources(pool_dir)), [])])
-    assert args.func(args) == 0
+    argv = ["data", "manifest", "--quiet", "-o", str(out), *sum((["--source", s] for s in sources(pool_dir)), [])]
+    args = parser.parse_args(argv)
+    assert args.func(args) == 1  # finished, but one file failed
     lines = [json.loads(x) for x in out.read_text().splitlines()]
     assert len(lines) == sum(v[1] for v in POOL.values())
     assert set(lines[0]) >= {"path", "duration", "sample_rate", "channels", "domain", "corpus", "id"}
     assert "broken.wav" in (tmp_path / "m.jsonl.failed.tsv").read_text()
     assert "1 unreadable" in capsys.readouterr().err
     assert len(read_manifest(out)) == len(lines)
+    args = parser.parse_args([*argv, "--allow-partial"])
+    assert args.func(args) == 0 and "broken.wav" in capsys.readouterr().err  # still listed
 
 
 def test_bad_source_and_manifest_errors(tmp_path):
@@ -95,3 +98,119 @@ def test_hours_scheduler_matches_hours_not_counts():
     total = sum(sched.seconds.values())
     for s, t in target.items():
         assert abs(sched.seconds[s] / total - t) < 0.005
+
+
+def test_manifest_exit_code_and_failed_list_follow_the_current_run(tmp_path, capsys):
+    import numpy as np
+    import soundfile as sf
+
+    from harmonia.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    sf.write(src / "a.wav", np.zeros(16000, np.float32), 16000)
+    (src / "b.wav").write_bytes(b"RIFF junk")
+    out = tmp_path / "m.jsonl"
+    argv = ["data", "manifest", "--quiet", "--source", f"sound/x={src}", "-o", str(out)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.rstrip().splitlines()[-1].strip().startswith(str(src / "b.wav"))  # summary at the end
+    sf.write(src / "b.wav", np.zeros(8000, np.float32), 16000)  # fixed
+    assert main(argv) == 0
+    assert len(read_manifest(out)) == 2 and not (tmp_path / "m.jsonl.failed.tsv").exists()
+
+
+def _manifest_lines(tmp_path, n=3):
+    from harmonia.data.manifest import Entry
+
+    return [Entry(id=f"c/f{i}", path=str(tmp_path / f"f{i}.wav"), duration=3600.0, sample_rate=16000, channels=1,
+                  num_frames=3600 * 16000, domain="speech", corpus="c").to_json() for i in range(n)]
+
+
+def test_exact_duplicate_manifest_lines_are_dropped_with_a_warning_naming_them(tmp_path, capsys):
+    from harmonia.cli import main
+    from harmonia.data.manifest import ManifestWarning
+
+    lines = _manifest_lines(tmp_path)
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines + [lines[0], lines[2]]) + "\n")  # two manifests concatenated
+    with pytest.warns(ManifestWarning, match=r"dropped 2 duplicate line\(s\): 4 \(= line 1\), 5 \(= line 3\)"):
+        entries = read_manifest(path)
+    assert [e.id for e in entries] == ["c/f0", "c/f1", "c/f2"]
+    with pytest.warns(ManifestWarning):
+        assert main(["data", "mix", str(path), "--ratio", "speech=1"]) == 0
+    row = [r for r in capsys.readouterr().out.splitlines() if r.startswith("speech/c")][0]
+    assert float(row.split()[1]) == pytest.approx(3.0)  # 3 files of 1 h, not 5
+
+
+def test_conflicting_duplicate_manifest_lines_are_refused_naming_both_lines(tmp_path):
+    lines = _manifest_lines(tmp_path)
+    other = json.loads(lines[1])
+    other["path"] = str(tmp_path / "elsewhere.wav")  # same id, another file
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(lines + [json.dumps(other)]) + "\n")
+    with pytest.raises(ManifestError, match=r"duplicate id 'c/f1' \(.*m.jsonl:2 and .*m.jsonl:4\)"):
+        read_manifest(path)
+    other = json.loads(lines[1])
+    other["id"] = "c/renamed"  # same file under two ids
+    path.write_text("\n".join(lines + [json.dumps(other)]) + "\n")
+    with pytest.raises(ManifestError, match=r"duplicate path .*f1.wav.*m.jsonl:2 and .*m.jsonl:4"):
+        read_manifest(path)
+
+
+@pytest.mark.parametrize("weight", ["sp=nan", "sp=inf", "sp=-1", "sp=", "=2", "sp"])
+def test_mix_refuses_bad_corpus_weights(tmp_path, capsys, weight):
+    from harmonia.cli import main
+
+    path = tmp_path / "m.jsonl"
+    path.write_text("\n".join(_manifest_lines(tmp_path)) + "\n")
+    with pytest.raises(SystemExit) as exc:
+        main(["data", "mix", str(path), "--weight", weight, "-o", str(tmp_path / "plan.json")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "--weight" in err and ("finite number >= 0" in err or "CORPUS=NUMBER" in err)
+    assert not (tmp_path / "plan.json").exists()
+
+
+def test_plan_mixture_weight_rules():
+    hours = {"speech/a": 3.0, "speech/b": 1.0, "music/m": 1.0}
+    for bad in (float("nan"), float("inf"), -1.0):
+        with pytest.raises(MixtureError, match="finite number >= 0"):
+            plan_mixture(hours, "speech=0.5,music=0.5", {"a": bad})
+    plan = plan_mixture(hours, "speech=0.5,music=0.5", {"a": 0.0})  # 0 leaves a corpus out
+    assert "speech/a" not in plan.target and plan.target["speech/b"] == pytest.approx(0.5)
+    with pytest.raises(MixtureError, match="every corpus in it has weight 0") as exc:
+        plan_mixture(hours, "speech=0.5,music=0.5", {"a": 0.0, "b": 0.0})
+    assert "no data" not in str(exc.value)
+
+
+def test_manifest_write_is_atomic_and_cleans_temps_of_a_dead_writer(tmp_path, monkeypatch):
+    import errno
+    import subprocess
+    import sys
+
+    import numpy as np
+    import soundfile as sf
+
+    import harmonia.io
+    from harmonia.cli import main
+
+    src = tmp_path / "src"
+    src.mkdir()
+    sf.write(src / "a.wav", np.zeros(16000, np.float32), 16000)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    stale = out_dir / f".m.jsonl.harmonia-tmp-{dead}-00ff00ff"
+    stale.write_text("half a manifest")
+    argv = ["data", "manifest", "--quiet", "--source", f"sound/x={src}", "-o", str(out_dir / "m.jsonl")]
+
+    def no_space(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(harmonia.io.os, "fsync", no_space)
+    assert main(argv) == 2  # one error line, nothing written
+    assert list(out_dir.iterdir()) == []  # the stale temp removed, the new one deleted on failure
+    monkeypatch.undo()
+    assert main(argv) == 0 and len(read_manifest(out_dir / "m.jsonl")) == 1

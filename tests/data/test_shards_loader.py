@@ -67,17 +67,127 @@ def test_shards_deterministic_resumable_and_report_failures(manifest, tmp_path):
     tars = sorted(p.relative_to(a) for p in a.rglob("*.tar"))
     assert len(tars) > 3
     assert all((a / t).read_bytes() == (b / t).read_bytes() for t in tars)
-    # interruption: one shard missing, a temporary file left behind -> only that shard is rewritten
-    victim = a / tars[1]
+    # interruption: one shard missing, a temporary file of the dead writer left behind -> only that
+    # shard (and the one whose file failed, tried again) is rewritten, and the temp file is removed
+    failing = {a / p for p in _shards_with_failures(a)}
+    victim = next(a / t for t in tars[1:] if a / t not in failing)
     victim.unlink()
-    (victim.parent / (victim.name + ".tmp999")).write_bytes(b"partial")
-    before = {t: (a / t).stat().st_mtime_ns for t in tars if t != tars[1]}
+    stale = victim.parent / f".{victim.name}.harmonia-tmp-{_dead_pid()}-0123abcd"
+    stale.write_bytes(b"partial")
+    before = {t: (a / t).stat().st_mtime_ns for t in tars if a / t not in failing | {victim}}
     write_shards(entries, a, shard_seconds=6.0, progress=False)
-    assert victim.read_bytes() == (b / tars[1]).read_bytes()
-    assert all((a / t).stat().st_mtime_ns == m for t, m in before.items())
+    assert victim.read_bytes() == (b / victim.relative_to(a)).read_bytes()
+    assert before and all((a / t).stat().st_mtime_ns == m for t, m in before.items())
+    assert not stale.exists()
     assert (a / "index.json").read_text() == (b / "index.json").read_text()
     jobs = plan_shards(entries, a, shard_seconds=6.0, seed=1)
     assert [j.entries for j in jobs] != [j.entries for j in plan_shards(entries, a, shard_seconds=6.0, seed=0)]
+
+
+def _shards_with_failures(out) -> list[str]:
+    index = json.loads((out / "index.json").read_text())
+    return [sh["path"] for st in index["streams"].values() for sh in st["shards"]
+            if json.loads((out / (sh["path"] + ".json")).read_text())["failures"]]
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True, check=True).stdout)
+
+
+def _tiny_pool(root, n=3, seconds=1.0):
+    import soundfile as sf
+
+    src = root / "src"
+    src.mkdir(parents=True)
+    for i in range(n):
+        sf.write(src / f"f{i}.wav", np.full(round(seconds * 16000), 0.01 * (i + 1), np.float32), 16000)
+    return src, scan_sources([Source("sound", "x", src)], progress=False).entries
+
+
+def test_shard_retries_a_failed_file_and_exits_non_zero_while_any_fails(tmp_path, capsys):
+    from harmonia.cli import main
+    from harmonia.data.manifest import write_manifest
+    from harmonia.data.shards import read_index
+
+    src, entries = _tiny_pool(tmp_path)
+    write_manifest(entries, tmp_path / "m.jsonl")
+    kept = (src / "f1.wav").read_bytes()
+    (src / "f1.wav").unlink()  # gone (unmounted disk, moved file) after the manifest was written
+    argv = ["data", "shard", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "shards"), "--quiet"]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert "1 file(s) could not be decoded" in err and "f1.wav" in err.rstrip().splitlines()[-1]  # summary last
+    assert main([*argv, "--allow-partial"]) == 0  # accepted, still reported
+    assert "f1.wav" in capsys.readouterr().err
+    (src / "f1.wav").write_bytes(kept)  # restored
+    assert main(argv) == 0
+    index = read_index(tmp_path / "shards")
+    assert index["failures"] == [] and index["streams"]["sound/x"]["segments"] == 3
+
+
+def test_a_full_disk_mid_shard_leaves_no_temp_file_and_the_rerun_completes(tmp_path, monkeypatch):
+    import errno
+
+    import webdataset as wds
+
+    _, entries = _tiny_pool(tmp_path)
+    real_write = wds.TarWriter.write
+    calls = []
+
+    def write_then_fail(self, obj):
+        calls.append(obj["__key__"])
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(self, obj)
+
+    monkeypatch.setattr(wds.TarWriter, "write", write_then_fail)
+    out = tmp_path / "shards"
+    with pytest.raises(OSError, match="No space left"):
+        write_shards(entries, out, progress=False)
+    assert [p for p in out.rglob("*") if p.is_file()] == []  # no tar, no sidecar, no temp file
+    monkeypatch.setattr(wds.TarWriter, "write", real_write)
+    index = write_shards(entries, out, progress=False)
+    assert index["streams"]["sound/x"]["segments"] == 3
+
+
+@pytest.mark.parametrize("damage,num_workers", [("truncate", 0), ("delete", 0), ("cut_at_member", 0),
+                                                ("truncate", 2)])
+def test_damaged_shard_is_named_by_the_loader_and_rewritten_by_the_next_shard_run(tmp_path, damage, num_workers):
+    from harmonia.cli import error_line
+    from harmonia.data.loader import ShardReadError
+
+    _, entries = _tiny_pool(tmp_path, n=4)
+    out = tmp_path / "shards"
+    write_shards(entries, out, shard_seconds=2.0, progress=False)
+    index = json.loads((out / "index.json").read_text())
+    shards = index["streams"]["sound/x"]["shards"]
+    assert len(shards) == 2
+    victim = out / shards[0]["path"]
+    good = victim.read_bytes()
+    if damage == "truncate":
+        victim.write_bytes(good[: len(good) // 2 + 100])
+    elif damage == "delete":
+        victim.unlink()
+    else:  # ends cleanly after the first member pair: tarfile reads it without complaint
+        import tarfile
+
+        with tarfile.open(fileobj=__import__("io").BytesIO(good)) as t:
+            members = t.getmembers()
+        victim.write_bytes(good[: members[2].offset])
+    loader = build_loader(out, {"sound": 1.0}, batch_size=4, num_workers=num_workers)
+    with pytest.raises(ShardReadError) as exc:
+        next(iter(loader))
+    msg = error_line("harmonia pretrain", exc.value)  # what the CLI prints (also from a worker process)
+    assert msg.startswith(f"harmonia pretrain: error: shard {victim}: ")
+    assert "harmonia data shard" in msg and str(out) in msg
+    write_shards(entries, out, shard_seconds=2.0, progress=False)
+    assert victim.read_bytes() == good
+    batch = next(iter(build_loader(out, {"sound": 1.0}, batch_size=4)))
+    assert len(batch["wav"]) == 4
 
 
 def test_realised_domain_hours_match_target(shard_dir):
