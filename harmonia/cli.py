@@ -96,7 +96,10 @@ def report_failures(failures: list[tuple[str, str]], what: str, where: str = "")
 
 def partial_exit(failed: int, args: argparse.Namespace) -> int:
     """Exit code of a batch command that finished with `failed` failed items."""
-    return EXIT_PARTIAL if failed and not getattr(args, "allow_partial", False) else 0
+    if failed and not getattr(args, "allow_partial", False):
+        print(f"exit status {EXIT_PARTIAL}: pass --allow-partial to accept a partial result", file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
 
 
 # -------------------------------------------------------------------------------------------------

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from harmonia.cli import add_allow_partial, partial_exit, positive_int, report_failures
+
 
 def add_parser(subparsers) -> None:
     p = subparsers.add_parser(
@@ -18,13 +20,12 @@ def add_parser(subparsers) -> None:
     p.add_argument("--data-root", required=True, help="directory holding <task>/ shard folders (X-ARES env/)")
     p.add_argument("--mode", choices=["clean", "xares"], default="clean",
                    help="clean (default): masked padding, all crops, cosine kNN, seeded; xares: X-ARES 0.1.3 exactly")
-    p.add_argument("--seeds", type=int, default=3, help="probe seeds in clean mode (mean ± std); default 3")
+    p.add_argument("--seeds", type=positive_int, default=3, help="probe seeds in clean mode (mean ± std); default 3")
     p.add_argument("--out", required=True, help="output directory for the reports")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: <data-root>/.harmonia_cache)")
     p.add_argument("--device", default=None, help="encoder device, e.g. cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
-    p.add_argument("--allow-partial", action="store_true",
-                   help="exit 0 even when some tasks could not be scored (default: exit 1, failures listed)")
+    add_allow_partial(p)
     p.set_defaults(func=_evaluate)
 
     r = subparsers.add_parser("report", help="combine evaluation runs into one Table-I-like table and chart",
@@ -44,20 +45,14 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"wrote {args.out}/results.{{json,md,csv}}; weighted MLP {_score(s, 'mlp_all')}, "
           f"kNN {_score(s, 'knn_all')}")
     failed = not_scored(results)
-    if failed:
-        print(f"{len(failed)} of {len(results['tasks'])} tasks not scored:")
-        for line in failed:
-            print(f"  {line}")
-        if not args.allow_partial:
-            print("exit status 1: pass --allow-partial to accept a partial evaluation")
-            return 1
-    return 0
+    report_failures(failed, f"of {len(results['tasks'])} tasks not scored")
+    return partial_exit(len(failed), args)
 
 
-def not_scored(results: dict) -> list[str]:
+def not_scored(results: dict) -> list[tuple[str, str]]:
     """One line per task that was asked for but not scored (failed, or skipped for missing data);
     tasks disabled in their task file do not count."""
-    return [f"{name}: {e['status']}: {e.get('error', '')}" for name, e in results["tasks"].items()
+    return [(name, f"{e['status']}: {e.get('error', '')}") for name, e in results["tasks"].items()
             if e["status"] in ("failed", "skipped")]
 
 

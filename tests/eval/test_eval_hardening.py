@@ -46,7 +46,8 @@ def test_evaluate_exits_1_with_failures_listed_unless_allow_partial(data_root, t
     args = ["evaluate", "--model", ENCODER_FILE, "--tasks", _tone_task_file(tmp_path), "esc50", "--data-root",
             str(data_root), "--seeds", "1", "--out", str(tmp_path / "o"), "--no-progress"]
     assert main(args) == 1
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
     assert "1 of 2 tasks not scored" in out and "esc50: failed" in out and "--allow-partial" in out
     res = json.loads((tmp_path / "o" / "results.json").read_text())
     assert res["tasks"]["tones"]["status"] == "ok"  # the other task is still scored and written
