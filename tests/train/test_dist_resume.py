@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _torchrun(shards: Path, out: Path, steps: int) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "harmonia.train.pretrain", "beats_tiny_debug"]
+           "-m", "harmonia", "pretrain", "beats_tiny_debug"]
     sets = {"data.shards": shards, "run.out_dir": out, "run.max_steps": steps, "run.ckpt_every": 5,
             "run.log_every": 1, "run.progress": "false", "data.batch_size": 2, "optim.warmup_steps": 3,
             "optim.decay_steps": 10, "optim.grad_accum": 2, "model.encoder.dropout": 0.1}
@@ -51,7 +51,7 @@ def test_two_process_fsdp_trains_resumes_and_exports(tiny_shards, tmp_path):
     import harmonia
 
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "harmonia.train.pretrain", "beats_tiny_debug", "--export", str(tmp_path / "export")]
+            "-m", "harmonia", "pretrain", "beats_tiny_debug", "--export", str(tmp_path / "export")]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     for steps in (2, 3):
         sets = {"data.shards": tiny_shards, "run.out_dir": tmp_path / "run", "run.max_steps": steps,
