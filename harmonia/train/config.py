@@ -76,16 +76,22 @@ class RunConfig:
 
 
 @dataclass
-class PretrainConfig:
+class TrainConfig:
+    """What every training config has: the Trainer reads name, data, optim and run."""
+
     name: str = "custom"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclass
+class PretrainConfig(TrainConfig):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:

@@ -25,13 +25,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harmonia.data.loader import build_loader
 from harmonia.models.dasheng import Block, Dasheng, DashengConfig
-from harmonia.train.config import DataConfig, OptimConfig, RunConfig
+from harmonia.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
 from harmonia.train.distributed import all_reduce_mean, unwrap
 from harmonia.train.masking import gather_patches, sample_kept
-from harmonia.train.optim import build_scheduler
-from harmonia.train.trainer import Trainer
+from harmonia.train.trainer import Task, Trainer
 
 
 class DashengMAE(nn.Module):
@@ -127,18 +125,14 @@ def _mae_optim() -> OptimConfig:
 
 
 @dataclass
-class MAEConfig:
+class MAEConfig(TrainConfig):
     name: str = "dasheng_mae"
-    model: MAEModelConfig = field(default_factory=MAEModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=_mae_optim)
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/dasheng_mae", log_every=10))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    model: MAEModelConfig = field(default_factory=MAEModelConfig)
 
 
-class DashengMAETask:
+class DashengMAETask(Task):
     """Dasheng MAE pre-training for the Trainer. The input BatchNorm is fixed from the first batch
     (averaged over ranks); whether that happened is this task's checkpointed extra state."""
 
@@ -161,14 +155,6 @@ class DashengMAETask:
         return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=o.lr, betas=tuple(o.betas),
                                  eps=o.eps, weight_decay=o.weight_decay)
 
-    def build_scheduler(self, optimizer: torch.optim.Optimizer):
-        return build_scheduler(optimizer, self.cfg.optim, self.cfg.run.max_steps)
-
-    def build_loader(self, rank: int, world_size: int, state: dict | None):
-        d = self.cfg.data
-        return build_loader(d.shards, d.ratio, d.batch_size, d.seed, rank, world_size, d.num_workers,
-                            d.corpus_weights, state=state, crop_seconds=d.crop_seconds)
-
     def make_generators(self, rank: int) -> dict[str, torch.Generator]:
         self.mask_gen = torch.Generator().manual_seed(self.cfg.run.seed + 7919 * rank)  # 7919: as BeatsTask
         return {"mask": self.mask_gen}
@@ -186,9 +172,6 @@ class DashengMAETask:
         with autocast:
             loss, stats = model(wav, lengths, self.mask_gen)
         return loss, {"masked": stats["masked"]}
-
-    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
-        return {}
 
     def export(self, model: nn.Module, out: Path) -> Path:
         from harmonia.encoders.dasheng import DashengEncoder

@@ -15,12 +15,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from harmonia.data.loader import build_loader
 from harmonia.layers.frontend import beats_fbank
 from harmonia.models.beats import BeatsConfig, TransformerLayer, exact_patch_mask
 from harmonia.train.config import ConfigError, PretrainConfig
 from harmonia.train.objective import MaskedPatchObjective
-from harmonia.train.optim import build_optimizer, build_scheduler
+from harmonia.train.optim import build_optimizer
 from harmonia.train.tokenizers import (
     RandomProjectionTokenizer,
     TeacherTargets,
@@ -28,7 +27,7 @@ from harmonia.train.tokenizers import (
     load_checkpoint_tokenizer,
     load_teacher,
 )
-from harmonia.train.trainer import Trainer
+from harmonia.train.trainer import Task, Trainer
 
 
 def build_targets(cfg: PretrainConfig) -> nn.Module:
@@ -66,7 +65,7 @@ def export_model(model: nn.Module, out_dir: str | Path) -> Path:
     return save_harmonia(BeatsEncoder(backbone.eval()), out_dir)
 
 
-class BeatsTask:
+class BeatsTask(Task):
     """BEATs pre-training for the Trainer: masked acoustic-token prediction (mlm) against a frozen
     tokenizer's labels, or VQ-KD tokenizer distillation from a teacher encoder (vqkd). Each
     micro-batch: fbank on the fly, the frozen targets in the same step, the masked-patch loss."""
@@ -94,14 +93,6 @@ class BeatsTask:
     def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
         return build_optimizer(model, self.cfg.optim)
 
-    def build_scheduler(self, optimizer: torch.optim.Optimizer):
-        return build_scheduler(optimizer, self.cfg.optim, self.cfg.run.max_steps)
-
-    def build_loader(self, rank: int, world_size: int, state: dict | None):
-        d = self.cfg.data
-        return build_loader(d.shards, d.ratio, d.batch_size, d.seed, rank, world_size, d.num_workers,
-                            d.corpus_weights, state=state, crop_seconds=d.crop_seconds)
-
     def make_generators(self, rank: int) -> dict[str, torch.Generator]:
         # 7919 (the 1000th prime) only keeps each (seed, rank) mask stream apart from the others.
         self.mask_gen = torch.Generator().manual_seed(self.cfg.run.seed * 7919 + rank)
@@ -125,12 +116,6 @@ class BeatsTask:
 
     def export(self, model: nn.Module, out: Path) -> Path:
         return export_model(model, out)
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        pass
 
 
 def pretrain(cfg: PretrainConfig, export: str | Path | None = None, override_resume_config: bool = False) -> dict:

@@ -3,28 +3,33 @@ checkpoints → export, with DDP / FSDP2, gradient accumulation, bf16 autocast o
 
     record = Trainer(task, cfg, override_resume_config=False).fit(export="out/model")
 
-What a task plugs in (`Task` below; `harmonia.train.pretrain.BeatsTask` and
-`harmonia.train.mae.DashengMAETask` are the two there are):
+A *task* says what is trained and how one micro-batch's loss is computed; the Trainer does the rest.
+Subclass `Task` (its methods document the contract; `harmonia.train.pretrain.BeatsTask` and
+`harmonia.train.mae.DashengMAETask` are the two tasks there are). A third loop, e.g. distillation:
 
-- `name`: recorded in every checkpoint; resuming another task's checkpoint is refused.
-- `frozen`: config keys (dotted prefixes) that cannot change during a run (architecture, labels, the
-  data stream's identity). Other changes on resume need `override_resume_config` and then apply.
-- `fsdp_units`: the block classes FSDP2 shards one by one (chosen by type).
-- `make_generators(rank)`: the named `torch.Generator`s the task draws from on this rank (masks...),
-  seeded by the task; checkpointed per rank with the global torch/CUDA RNG.
-- `build_model(device)` → the module to train, initialised (the Trainer moves it to `device`, wraps,
-  checkpoints and exports it); frozen helpers the task keeps (targets, a teacher) go to `device`; `build_optimizer(model)`, `build_scheduler(optimizer)` (a LambdaLR);
-  `build_loader(rank, world_size, state)` → a `MixtureLoader`, resumed from `state` when given.
-- `forward(model, batch, device, autocast)` → `(loss, stats)` for one micro-batch: the loss to
-  back-propagate and a dict of summable numbers (e.g. correct / masked); `metrics(sums)` turns the
-  stats summed over micro-batches and ranks into log fields (e.g. {"acc": correct / masked}).
-- `export(model, out)`: write the trained model (called on rank 0 with the unwrapped module).
-- `state_dict()` / `load_state_dict()`: the task's own extra state (small; saved from every rank).
+    class DistillTask(Task):
+        name = "distill"                            # checkpoints of another task are refused
+        frozen = ("model", "teacher", "data.batch_size", "data.seed", "data.num_workers", "run.seed")
+        fsdp_units = (TransformerLayer,)            # block classes FSDP2 shards one by one
+        def build_model(self, device):              # the student (+ heads): trained, checkpointed
+            self.teacher = load_teacher(...).to(device).eval()   # frozen helpers: the task keeps them
+            return Student(...)
+        def build_optimizer(self, model): ...       # build_scheduler / build_loader: Task's defaults
+        def make_generators(self, rank): ...        # named per-rank generators, checkpointed
+        def forward(self, model, batch, device, autocast):
+            with torch.no_grad(), autocast:
+                target = self.teacher(batch["wav"].to(device))
+            with autocast:
+                loss = ...model(...)...
+            return loss, {"num": ..., "den": ...}   # summable stats; metrics() turns them into log fields
+        def export(self, model, out): ...
+        def state_dict(self): return {...}          # anything else a resume needs (small, per rank)
 
-A config is any object with `run` (`RunConfig`), `optim.grad_accum`, `optim.clip_norm` and
-`to_dict()`. The checkpoint holds each Stateful part's `state_dict()` (torchtitan-style): the model
-and optimiser (full, unsharded), the scheduler, every rank's data position and RNG streams, the
-task's extra state, plus the format version, the task name, the step, the world size and the config.
+The config is any object with `name`, `data` (`DataConfig`), `optim` (`OptimConfig`: grad_accum,
+clip_norm, lr...), `run` (`RunConfig`) and `to_dict()`: `TrainConfig` subclasses. The checkpoint
+holds each Stateful part's `state_dict()` (torchtitan-style): the model and optimiser (full,
+unsharded), the scheduler, every rank's data position, RNG streams and task state, plus the format
+version, the task name, the step, the world size and the config, which a resume checks.
 """
 
 from __future__ import annotations
@@ -42,11 +47,12 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from harmonia.data.loader import build_loader
 from harmonia.data.mixture import RATIO_ORDER
 from harmonia.encoder import tune_allocator
 from harmonia.io import CheckpointError, write_json_atomic
 from harmonia.train.checkpoint import load_latest_intact, remove_stale_checkpoint_temps, save_checkpoint
-from harmonia.train.config import ConfigError
+from harmonia.train.config import ConfigError, TrainConfig
 from harmonia.train.distributed import (
     all_reduce_sum,
     barrier,
@@ -55,13 +61,15 @@ from harmonia.train.distributed import (
     unwrap,
     wrap_model,
 )
+from harmonia.train.optim import build_scheduler
 
 CHECKPOINT_VERSION = 2  # 2: adds "task" (and optional "task_state"); 1 (BEATs only) is still read
 READABLE_VERSIONS = (1, 2)
 REQUIRED_KEYS = ("version", "step", "config", "world_size", "model", "optimizer", "scheduler", "data", "rng")
 
 # Config keys that may change between a run and its resume without --override-resume-config: they
-# change how long the run goes and what it writes, not what it computes.
+# change how long the run goes and what it writes, not what it computes. (With optim.decay_steps=0
+# the decay follows run.max_steps, so extending such a run stretches the rest of its schedule.)
 FREE_KEYS = ("name", "run.out_dir", "run.max_steps", "run.log_every", "run.ckpt_every", "run.keep_last",
              "run.progress")
 
@@ -71,21 +79,58 @@ class Stateful(Protocol):
     def load_state_dict(self, state: dict) -> None: ...
 
 
-class Task(Protocol):
-    name: str
-    frozen: tuple[str, ...]
-    fsdp_units: tuple[type[nn.Module], ...]
+class Task:
+    """What a training loop plugs into the Trainer. Set `cfg`, `name`, `frozen`, `fsdp_units`;
+    implement build_model, build_optimizer, make_generators, forward and export."""
 
-    def make_generators(self, rank: int) -> dict[str, torch.Generator]: ...
-    def build_model(self, device: torch.device) -> nn.Module: ...
-    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer: ...
-    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR: ...
-    def build_loader(self, rank: int, world_size: int, state: dict | None): ...
-    def forward(self, model: nn.Module, batch: dict, device: torch.device, autocast) -> tuple[Tensor, dict]: ...
-    def metrics(self, sums: dict[str, float]) -> dict[str, float]: ...
-    def export(self, model: nn.Module, out: Path) -> Path: ...
-    def state_dict(self) -> dict: ...
-    def load_state_dict(self, state: dict) -> None: ...
+    cfg: Any
+    name: str  # recorded in every checkpoint; resuming another task's checkpoint is refused
+    frozen: tuple[str, ...] = ()  # config keys (dotted prefixes) that cannot change in a resumed run
+    fsdp_units: tuple[type[nn.Module], ...] = ()  # module types FSDP2 shards one by one
+
+    def build_model(self, device: torch.device) -> nn.Module:
+        """The module to train, initialised (on the CPU is fine: the Trainer moves it to `device`,
+        wraps it for DDP/FSDP, checkpoints and exports it). Called once more on rank 0 to export an
+        FSDP model: frozen helpers (targets, a teacher) should be built once, moved to `device`."""
+        raise NotImplementedError
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        raise NotImplementedError
+
+    def build_scheduler(self, optimizer: torch.optim.Optimizer) -> torch.optim.lr_scheduler.LambdaLR:
+        """Warmup then linear decay (cfg.optim), a LambdaLR (a resume with a changed lr relies on it)."""
+        return build_scheduler(optimizer, self.cfg.optim, self.cfg.run.max_steps)
+
+    def build_loader(self, rank: int, world_size: int, state: dict | None):
+        """This rank's `MixtureLoader` over cfg.data, resumed exactly from `state` when given."""
+        d = self.cfg.data
+        return build_loader(d.shards, d.ratio, d.batch_size, d.seed, rank, world_size, d.num_workers,
+                            d.corpus_weights, state=state, crop_seconds=d.crop_seconds)
+
+    def make_generators(self, rank: int) -> dict[str, torch.Generator]:
+        """The named generators the task draws from on this rank, seeded; checkpointed per rank."""
+        return {}
+
+    def forward(self, model: nn.Module, batch: dict, device: torch.device, autocast) -> tuple[Tensor, dict]:
+        """One micro-batch (wav (B, N) and lengths (B,) on the CPU) -> (loss to back-propagate, stats):
+        stats are summable numbers (counts, sums), added over micro-batches and ranks for the log.
+        Run the model under `autocast` (bf16 on GPU); keep feature extraction outside it."""
+        raise NotImplementedError
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Log fields from the summed stats, e.g. {"acc": sums["num"] / sums["den"]}."""
+        return {}
+
+    def export(self, model: nn.Module, out: Path) -> Path:
+        """Write the trained model (rank 0, the unwrapped module)."""
+        raise NotImplementedError
+
+    def state_dict(self) -> dict:
+        """The task's own extra state a resume needs (small: it is saved from every rank)."""
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
 
 
 # -------------------------------------------------------------------------------------------------
@@ -231,7 +276,7 @@ def _reapply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, fresh:
 
 
 class Trainer:
-    def __init__(self, task: Task, cfg, override_resume_config: bool = False) -> None:
+    def __init__(self, task: Task, cfg: TrainConfig, override_resume_config: bool = False) -> None:
         # -- setup --------------------------------------------------------------------------------
         tune_allocator()  # large activations re-fault their pages every step otherwise (~15 % on CPU)
         self.task, self.cfg, self.run = task, cfg, cfg.run
@@ -394,7 +439,7 @@ class Trainer:
 
     def export(self, out: str | Path) -> None:
         """Write the trained model with the task's exporter (rank 0; a collective under FSDP)."""
-        if isinstance(self.parts["model"], ModelState) and self.parts["model"].fsdp:
+        if self.parts["model"].fsdp:
             state = self.parts["model"].state_dict()  # collective; full on every rank
             if self.info.is_main:
                 model = self.task.build_model(self.device)
