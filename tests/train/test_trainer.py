@@ -253,3 +253,18 @@ def test_one_process_group_reduces_every_statistic_on_the_training_device(tiny_s
         dist.destroy_process_group()
     assert len(seen) >= 4 and record["step"] == 2
     assert _losses(tmp_path / "run") == pytest.approx({1: PINNED_BEATS[1], 2: PINNED_BEATS[2]}, rel=1e-6)
+
+
+def test_cli_refuses_a_changed_resume_and_applies_it_with_the_flag(tiny_shards, tmp_path, capsys):
+    from harmonia.train.cli import main
+
+    base = ["beats_tiny_debug", "--set", f"data.shards={tiny_shards}", "--set", f"run.out_dir={tmp_path / 'run'}",
+            "--set", "run.progress=false", "--set", "data.batch_size=2", "--set", "run.ckpt_every=1"]
+    assert main(base + ["--set", "run.max_steps=1"]) == 0
+    capsys.readouterr()
+    assert main(base + ["--set", "run.max_steps=2", "--set", "optim.lr=0.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("harmonia pretrain: configuration error: ") and "optim.lr: 0.002 -> 0.5" in err
+    assert main(base + ["--set", "run.max_steps=2", "--set", "optim.lr=0.5", "--override-resume-config"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["step"] == 2 and record["lr"] == pytest.approx(0.5 * 3 / 10)  # warmup 10: (s + 1) / 10 after s=2 steps
