@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    from harmonia.io import CheckpointError
     from harmonia.recipes.pretrain import RECIPES
     from harmonia.train.config import ConfigError, apply_overrides
     from harmonia.train.distributed import shutdown
@@ -57,6 +58,9 @@ def run_from_args(args: argparse.Namespace) -> int:
             record = pretrain(cfg, export=args.export, override_resume_config=args.override_resume_config)
     except ConfigError as e:  # e.g. a resume with changed settings
         print(f"harmonia pretrain: configuration error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointError as e:  # e.g. no intact checkpoint in run.out_dir
+        print(f"harmonia pretrain: error: {e}", file=sys.stderr)
         return 2
     if record is not None:
         if os.environ.get("RANK", "0") == "0":

@@ -155,3 +155,8 @@ def iterate(cfg: PretrainConfig, iterations: int, root: str | Path, tokenizer_ov
         tok_path = root / f"iter{k}" / "tokenizer" / "export"
         pretrain(tok_cfg, export=tok_path)
     raise ValueError(f"iterations={iterations}: expected at least 1")
+
+
+if __name__ == "__main__":  # the entry point moved: say so instead of exiting 0 without training
+    raise SystemExit("run `harmonia pretrain RECIPE ...` (several processes: `torchrun --nproc_per_node N "
+                     "-m harmonia pretrain RECIPE ...`)")

@@ -276,6 +276,10 @@ def _reapply_hyperparameters(optimizer: torch.optim.Optimizer, scheduler, fresh:
 
 
 class Trainer:
+    """Builds the task's parts (model wrapped for DDP/FSDP2, optimiser, scheduler, loader, RNG
+    streams); `fit()` resumes from the newest intact checkpoint of run.out_dir and trains to
+    run.max_steps. `override_resume_config`: resume although settings changed (see check_resume_config)."""
+
     def __init__(self, task: Task, cfg: TrainConfig, override_resume_config: bool = False) -> None:
         # -- setup --------------------------------------------------------------------------------
         tune_allocator()  # large activations re-fault their pages every step otherwise (~15 % on CPU)
