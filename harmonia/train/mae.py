@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harmonia.models.dasheng import Block, Dasheng, DashengConfig
-from harmonia.train.config import DataConfig, OptimConfig, RunConfig, TrainConfig
+from harmonia.train.config import ConfigError, DataConfig, OptimConfig, RunConfig, TrainConfig
 from harmonia.train.distributed import all_reduce_mean, unwrap
 from harmonia.train.masking import gather_patches, sample_kept
 from harmonia.train.trainer import Task, Trainer
@@ -131,6 +131,18 @@ class MAEConfig(TrainConfig):
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/dasheng_mae", log_every=10))
     model: MAEModelConfig = field(default_factory=MAEModelConfig)
 
+    def validate(self, check_data: bool = True) -> None:
+        m = self.model
+        if not 0.0 < m.mask_ratio < 1.0:
+            raise ConfigError(f"model.mask_ratio={m.mask_ratio!r}: expected a fraction in (0, 1), e.g. 0.75")
+        if not m.max_seconds > 0:
+            raise ConfigError(f"model.max_seconds={m.max_seconds!r}: expected a positive duration, e.g. 10.0")
+        try:
+            DashengConfig(**m.encoder)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"model.encoder: {e}") from e
+        super().validate(check_data)
+
 
 class DashengMAETask(Task):
     """Dasheng MAE pre-training for the Trainer. The input BatchNorm is fixed from the first batch
@@ -191,6 +203,7 @@ def pretrain_mae(cfg: MAEConfig, export: str | Path | None = None, override_resu
                  ) -> tuple[dict, DashengMAE]:
     """Train (or resume) a Dasheng MAE per `cfg` on the shared Trainer; returns the last log record
     and the trained model (unwrapped)."""
+    cfg.validate()
     trainer = Trainer(DashengMAETask(cfg), cfg, override_resume_config)
     record = trainer.fit(export)
     return record, unwrap(trainer.model)
