@@ -51,7 +51,7 @@ def run_from_args(args: argparse.Namespace) -> int:
         return 2
     try:
         if args.iterations > 1:
-            out = iterate(cfg, args.iterations, cfg.run.out_dir)
+            out = iterate(cfg, args.iterations, cfg.run.out_dir, override_resume_config=args.override_resume_config)
             print(f"final encoder: {out}")
             record = None
         else:

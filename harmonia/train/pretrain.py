@@ -127,7 +127,8 @@ def pretrain(cfg: PretrainConfig, export: str | Path | None = None, override_res
     return Trainer(BeatsTask(cfg), cfg, override_resume_config).fit(export)
 
 
-def iterate(cfg: PretrainConfig, iterations: int, root: str | Path, tokenizer_overrides: dict | None = None) -> Path:
+def iterate(cfg: PretrainConfig, iterations: int, root: str | Path, tokenizer_overrides: dict | None = None,
+            override_resume_config: bool = False) -> Path:
     """The BEATs iteration driver: tokenizer → encoder → next tokenizer → ...
 
     Iteration 1 uses `cfg.tokenizer` (random projection, or a released checkpoint to bootstrap as
@@ -143,7 +144,7 @@ def iterate(cfg: PretrainConfig, iterations: int, root: str | Path, tokenizer_ov
         if tok_path is not None:
             enc_cfg.tokenizer.kind, enc_cfg.tokenizer.path = "checkpoint", str(tok_path)
         encoder_dir = root / f"iter{k}" / "encoder" / "export"
-        pretrain(enc_cfg, export=encoder_dir)
+        pretrain(enc_cfg, export=encoder_dir, override_resume_config=override_resume_config)
         if k == iterations:
             return encoder_dir
         tok_cfg = copy.deepcopy(cfg)
@@ -153,7 +154,7 @@ def iterate(cfg: PretrainConfig, iterations: int, root: str | Path, tokenizer_ov
         for key, value in (tokenizer_overrides or {}).items():
             set_value(tok_cfg, key, value)
         tok_path = root / f"iter{k}" / "tokenizer" / "export"
-        pretrain(tok_cfg, export=tok_path)
+        pretrain(tok_cfg, export=tok_path, override_resume_config=override_resume_config)
     raise ValueError(f"iterations={iterations}: expected at least 1")
 
 

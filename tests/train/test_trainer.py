@@ -265,6 +265,7 @@ def test_cli_refuses_a_changed_resume_and_applies_it_with_the_flag(tiny_shards, 
     assert main(base + ["--set", "run.max_steps=2", "--set", "optim.lr=0.5"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("harmonia pretrain: configuration error: ") and "optim.lr: 0.002 -> 0.5" in err
-    assert main(base + ["--set", "run.max_steps=2", "--set", "optim.lr=0.5", "--override-resume-config"]) == 0
+    with pytest.warns(UserWarning, match="changed settings"):
+        assert main(base + ["--set", "run.max_steps=2", "--set", "optim.lr=0.5", "--override-resume-config"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["step"] == 2 and record["lr"] == pytest.approx(0.5 * 3 / 10)  # warmup 10: (s + 1) / 10 after s=2 steps
