@@ -87,7 +87,7 @@ class DashengMAE(nn.Module):
         x_BKD = enc.norm(x_BKD)
         # decoder: kept tokens back at their positions, mask tokens elsewhere
         y_BKd = self.decoder_embed(x_BKD)
-        y_BTd = self.mask_token.expand(B, T, -1).clone()
+        y_BTd = self.mask_token.to(y_BKd.dtype).expand(B, T, -1).clone()  # bf16 under autocast
         y_BTd[keep.kept_BP] = y_BKd[~keep.pad_BK]
         y_BTd = y_BTd + self.decoder_pos[:, :T]
         dec_keep = None if not pad_BT.any() else (~pad_BT)[:, None, None, :]
