@@ -269,3 +269,12 @@ def test_cli_refuses_a_changed_resume_and_applies_it_with_the_flag(tiny_shards, 
         assert main(base + ["--set", "run.max_steps=2", "--set", "optim.lr=0.5", "--override-resume-config"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["step"] == 2 and record["lr"] == pytest.approx(0.5 * 3 / 10)  # warmup 10: (s + 1) / 10 after s=2 steps
+
+
+def test_bf16_autocast_is_applied_when_asked(tiny_shards, tmp_path):
+    """run.precision=bf16 runs the model under bf16 autocast (CPU here; GPU in test_gpu.py): close to
+    the pinned fp32 losses, not equal to them."""
+    pretrain(tiny_config(tiny_shards, tmp_path / "bf16", **{"run.precision": "bf16", "run.max_steps": "2"}))
+    bf16 = _losses(tmp_path / "bf16")
+    assert bf16[1] == pytest.approx(PINNED_BEATS[1], rel=5e-2) and bf16[1] != PINNED_BEATS[1]
+    assert bf16[2] == pytest.approx(PINNED_BEATS[2], rel=5e-2) and bf16[2] != PINNED_BEATS[2]
