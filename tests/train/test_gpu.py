@@ -2,7 +2,8 @@
 FSDP2), exact resume, bf16 autocast, the Dasheng MAE loop. Run with `pytest -m gpu tests/train`.
 
 On GPU the losses of a straight and a resumed run agree to float rounding rather than bit for bit:
-cuBLAS/cuDNN kernels are not deterministic by default (atomics in some backward passes). The data
+some CUDA backward kernels accumulate with atomics (not deterministic by default), so the resume
+checks run in fp32 (bf16 has its own test, where a rounding flip could change a label). The data
 position (batches consumed per rank) must agree exactly."""
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def _torchrun(nproc: int, shards: Path, out: Path, steps: int, export: Path | No
            "-m", "harmonia", "pretrain", "beats_tiny_debug"] + (["--export", str(export)] if export else [])
     sets = {"data.shards": shards, "run.out_dir": out, "run.max_steps": steps, "run.ckpt_every": 3,
             "run.log_every": 1, "run.progress": "false", "data.batch_size": 2, "optim.warmup_steps": 3,
-            "optim.decay_steps": 10, "optim.grad_accum": 2, **extra}
+            "optim.decay_steps": 10, "optim.grad_accum": 2, "run.precision": "fp32", **extra}
     for k, v in sets.items():
         cmd += ["--set", f"{k}={v}"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -54,7 +55,7 @@ def _straight_vs_resumed(nproc: int, shards: Path, tmp_path: Path, **extra) -> N
     _torchrun(nproc, shards, tmp_path / "split", 6, **extra)
     a, b = _losses(tmp_path / "straight"), _losses(tmp_path / "split")
     assert sorted(a) == sorted(b) == list(range(1, 7))
-    assert [b[s] for s in range(4, 7)] == pytest.approx([a[s] for s in range(4, 7)], rel=1e-3)
+    assert [b[s] for s in range(4, 7)] == pytest.approx([a[s] for s in range(4, 7)], rel=1e-4)
     assert len({round(a[s], 6) for s in range(1, 7)}) == 6  # the steps differ: the match above means something
     events = [r for r in _records(tmp_path / "split") if "event" in r]
     assert [(e["event"], e["step"], e["world_size"]) for e in events] == [("start", 0, nproc), ("resume", 3, nproc)]
