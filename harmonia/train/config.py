@@ -144,15 +144,21 @@ class PretrainConfig(TrainConfig):
         _need(t.kind in ("random", "checkpoint", "teacher"), "tokenizer.kind", t.kind, "random, checkpoint or teacher")
         if t.kind == "checkpoint" or m.task == "vqkd":
             _need(bool(t.path), "tokenizer.path", t.path, "a tokenizer / teacher checkpoint path")
-        fields = {f.name for f in dataclasses.fields(BeatsConfig)} - {"extra"}
-        unknown = sorted(set(m.encoder) - fields)
-        if unknown:
-            raise ConfigError(f"model.encoder has unknown keys {unknown}; BeatsConfig keys are {sorted(fields)}")
-        try:
-            BeatsConfig(**m.encoder)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"model.encoder: {e}") from e
+        build_architecture(BeatsConfig, m.encoder, "model.encoder")
         super().validate(check_data)
+
+
+def build_architecture(cls: type, values: dict[str, Any], key: str):
+    """`cls(**values)` for an architecture dataclass, or one ConfigError naming `key` (unknown
+    fields listed with the accepted ones, or the value the class refuses)."""
+    fields = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"{key} has unknown keys {unknown}; {cls.__name__} keys are {sorted(fields)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}: {e}") from e
 
 
 def _need(ok: bool, key: str, value: Any, expected: str) -> None:

@@ -26,7 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from harmonia.models.dasheng import Block, Dasheng, DashengConfig
-from harmonia.train.config import ConfigError, DataConfig, OptimConfig, RunConfig, TrainConfig
+from harmonia.train.config import (
+    ConfigError,
+    DataConfig,
+    OptimConfig,
+    RunConfig,
+    TrainConfig,
+    build_architecture,
+)
 from harmonia.train.distributed import all_reduce_mean, unwrap
 from harmonia.train.masking import gather_patches, sample_kept
 from harmonia.train.trainer import Task, Trainer
@@ -137,10 +144,7 @@ class MAEConfig(TrainConfig):
             raise ConfigError(f"model.mask_ratio={m.mask_ratio!r}: expected a fraction in (0, 1), e.g. 0.75")
         if not m.max_seconds > 0:
             raise ConfigError(f"model.max_seconds={m.max_seconds!r}: expected a positive duration, e.g. 10.0")
-        try:
-            DashengConfig(**m.encoder)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"model.encoder: {e}") from e
+        build_architecture(DashengConfig, m.encoder, "model.encoder")
         super().validate(check_data)
 
 
