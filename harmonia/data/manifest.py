@@ -15,6 +15,7 @@ and write it twice into the shards.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import warnings
@@ -27,6 +28,8 @@ import soundfile as sf
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
 DOMAINS = ("speech", "music", "sound")
+# Domain and corpus names become folder and file names of the shards: no separators, no '..'.
+NAME_PATTERN = r"[A-Za-z0-9_\-]+"
 
 
 class ManifestError(ValueError):
@@ -48,7 +51,7 @@ class Source:
     @classmethod
     def parse(cls, spec: str) -> Source:
         """Parse `DOMAIN/CORPUS=DIR`, e.g. `speech/commonvoice=/data/cv`."""
-        m = re.fullmatch(r"([A-Za-z0-9_\-]+)/([A-Za-z0-9_\-]+)=(.+)", spec)
+        m = re.fullmatch(rf"({NAME_PATTERN})/({NAME_PATTERN})=(.+)", spec)
         if not m:
             raise ManifestError(
                 f"source {spec!r}: expected DOMAIN/CORPUS=DIR, e.g. speech/commonvoice=/data/cv "
@@ -68,6 +71,25 @@ class Entry:
     num_frames: int
     domain: str
     corpus: str
+
+    def __post_init__(self) -> None:
+        """Every field has its type and a usable value: a crafted or hand-edited manifest cannot
+        write shards outside their folder (domain '..') or put NaN hours into a mixture."""
+        for name in ("domain", "corpus"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) and re.fullmatch(NAME_PATTERN, value)):
+                raise ManifestError(f"{name} {value!r}: expected a name of letters, digits, '_' or '-' "
+                                    "(it becomes a folder or file name of the shards)")
+        for name in ("id", "path"):
+            if not (isinstance(getattr(self, name), str) and getattr(self, name)):
+                raise ManifestError(f"{name} {getattr(self, name)!r}: expected a non-empty string")
+        for name in ("sample_rate", "channels", "num_frames"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise ManifestError(f"{name} {value!r}: expected an integer >= 1")
+        d = self.duration
+        if not (isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and d > 0):
+            raise ManifestError(f"duration {d!r}: expected a finite number of seconds > 0")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -182,6 +204,9 @@ def read_manifest(path: str | os.PathLike) -> list[Entry]:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ManifestError(f"{path}:{i}: not a manifest line ({e}); expected JSON with keys "
                                 f"{sorted(fields)}; regenerate it with `harmonia data manifest`") from e
+        except ManifestError as e:
+            raise ManifestError(f"{path}:{i}: {e}; fix the line or regenerate the manifest with "
+                                "`harmonia data manifest`") from None
         if entry in lines:
             repeats.append((i, lines[entry]))
             continue

@@ -60,9 +60,17 @@ def segment_bounds(num_samples: int, max_samples: int, min_samples: int) -> list
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b - a >= min_samples]
 
 
-def sample_key(entry_id: str, seg: int) -> str:
-    """Webdataset key: no dots (they separate the extension), no slashes."""
-    return re.sub(r"[^A-Za-z0-9_\-]", "_", entry_id) + f"_{seg:04d}"
+def key_prefixes(ids: Sequence[str]) -> dict[str, str]:
+    """The webdataset key prefix of each id of one shard (the key of segment s is `PREFIX_%04d`):
+    no dots (they separate the extension) and no slashes, so the id with every other character
+    turned into '_'; plus a hash of the id where two ids read the same once sanitised ('a b' and
+    'a_b', or two names in a non-Latin script), so that no two files share tar members."""
+    readable = {i: re.sub(r"[^A-Za-z0-9_\-]", "_", i) for i in ids}
+    counts: dict[str, int] = {}
+    for r in readable.values():
+        counts[r] = counts.get(r, 0) + 1
+    return {i: r if counts[r] == 1 else f"{r}_{hashlib.sha1(i.encode()).hexdigest()[:10]}"
+            for i, r in readable.items()}
 
 
 def plan_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_seconds: float = 3600.0,
@@ -122,6 +130,7 @@ def write_shard(job: ShardJob) -> dict:
     job.path.parent.mkdir(parents=True, exist_ok=True)
     segments, failures = [], []
     max_n, min_n = round(job.max_seconds * SAMPLE_RATE), round(job.min_seconds * SAMPLE_RATE)
+    prefixes = key_prefixes([e.id for e in job.entries])
     with atomic_path(job.path) as tmp, open(tmp, "wb") as f:
         # Fixed mtime/user/group: the same plan gives byte-identical tars.
         writer = wds.TarWriter(f, mtime=0.0, user="harmonia", group="harmonia")
@@ -135,7 +144,7 @@ def write_shard(job: ShardJob) -> dict:
                 for s, (a, b) in enumerate(segment_bounds(len(wav), max_n, min_n)):
                     buf = io.BytesIO()
                     sf.write(buf, np.clip(wav[a:b], -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-                    key = sample_key(e.id, s)
+                    key = f"{prefixes[e.id]}_{s:04d}"
                     meta = {"id": e.id, "segment": s, "start": a / SAMPLE_RATE, "seconds": (b - a) / SAMPLE_RATE,
                             "domain": e.domain, "corpus": e.corpus, "sample_rate": SAMPLE_RATE}
                     writer.write({"__key__": key, "flac": buf.getvalue(), "json": meta})
@@ -172,7 +181,8 @@ def write_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_sec
         else:
             todo.append(j)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="shards", unit="shard", disable=not progress)
-    if workers > 1 and len(todo) > 1:
+    workers = min(workers, len(todo))  # a pool forks all its workers up front: never more than the shards
+    if workers > 1:
         with ProcessPoolExecutor(workers) as pool:
             for j, meta in zip(todo, pool.map(write_shard, todo)):
                 metas[j.path] = meta

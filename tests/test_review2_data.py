@@ -1,0 +1,113 @@
+"""Hostile inputs to `harmonia data manifest|mix|shard` (review of the hardening pass)."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from harmonia.cli import main
+from harmonia.data import shards as shards_module
+from harmonia.data.loader import _read_tar
+from harmonia.data.manifest import Entry, ManifestError, read_manifest
+from harmonia.data.mixture import plan_mixture
+from harmonia.data.shards import write_shards
+
+
+def _entry(file: Path, seconds: float = 1.5, **fields) -> dict:
+    base = dict(id=f"c/{file.stem}", path=str(file), duration=seconds, sample_rate=16000, channels=1,
+                num_frames=round(seconds * 16000), domain="speech", corpus="c")
+    return {**base, **fields}
+
+
+def _wav(path: Path, seconds: float = 1.5) -> Path:
+    sf.write(path, (0.1 * np.random.default_rng(0).standard_normal(round(seconds * 16000))).astype(np.float32),
+             16000)
+    return path
+
+
+@pytest.mark.parametrize("field, value", [
+    ("domain", ".."), ("corpus", "../../escaped"), ("domain", "/tmp/abs"), ("corpus", "a/b"),
+    ("duration", "10"), ("duration", float("nan")), ("duration", -5.0), ("duration", 0),
+    ("sample_rate", 0), ("channels", True), ("num_frames", 1.5), ("id", ""), ("path", None),
+])
+def test_crafted_manifest_fields_are_refused_naming_the_line_and_field(tmp_path, field, value):
+    good = _entry(_wav(tmp_path / "a.wav"))
+    bad = _entry(tmp_path / "b.wav", **{field: value})
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(ManifestError, match=rf"m\.jsonl:2: {field} "):
+        read_manifest(path)
+
+
+def test_shard_of_a_manifest_with_a_traversing_domain_writes_nothing_outside_its_folder(tmp_path, capsys):
+    work = tmp_path / "deep" / "er"
+    work.mkdir(parents=True)
+    entry = _entry(_wav(work / "a.wav"), domain="..", corpus="..")
+    (work / "m.jsonl").write_text(json.dumps({**entry, "corpus": "escaped"}) + "\n")
+    rc = main(["data", "shard", "--quiet", str(work / "m.jsonl"), "-o", str(work / "shards")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "m.jsonl:1: domain '..'" in err
+    assert not list(tmp_path.rglob("*.tar")) and not list(tmp_path.rglob("*.tar.json"))
+
+
+def test_entries_built_in_code_are_checked_too(tmp_path):
+    with pytest.raises(ManifestError, match="corpus '../x'"):
+        Entry(**_entry(tmp_path / "a.wav", corpus="../x"))
+
+
+def test_ids_that_read_the_same_once_sanitised_get_their_own_tar_members(tmp_path):
+    # 'a b', 'a_b' and 'a.b' all sanitise to 'a_b'; two CJK names sanitise to the same underscores.
+    names = ["a b", "a_b", "a.b", "日本", "中国", "plain"]
+    entries = [Entry(**_entry(_wav(tmp_path / f"f{i}.wav"), id=f"c/{n}")) for i, n in enumerate(names)]
+    out = tmp_path / "shards"
+    index = write_shards(entries, out, progress=False)
+    (shard,) = index["streams"]["speech/c"]["shards"]
+    samples = _read_tar(out / shard["path"], shard["segments"])  # raised "holds 3 samples but ... 6" before
+    metas = [json.loads(meta) for _key, _flac, meta in samples]
+    assert sorted(m["id"] for m in metas) == sorted(f"c/{n}" for n in names)
+    keys = [key for key, _flac, _meta in samples]
+    assert "c_plain_0000" in keys and len(set(keys)) == len(names)
+    assert all("." not in k and "/" not in k for k in keys)
+
+
+class _RecordingPool(concurrent.futures.ThreadPoolExecutor):
+    sizes: list[int] = []
+
+    def __init__(self, max_workers):
+        type(self).sizes.append(max_workers)
+        super().__init__(max_workers)
+
+
+def test_shard_workers_are_never_more_than_the_shards_to_write(tmp_path, monkeypatch):
+    # A fork-based process pool starts all its workers at once: --workers 10000 forked 10000 processes.
+    entries = [Entry(**_entry(_wav(tmp_path / f"f{i}.wav"))) for i in range(3)]
+    monkeypatch.setattr(shards_module, "ProcessPoolExecutor", _RecordingPool)
+    _RecordingPool.sizes = []
+    index = write_shards(entries, tmp_path / "shards", shard_seconds=1.0, workers=10000, progress=False)
+    assert len(index["streams"]["speech/c"]["shards"]) == 3
+    assert _RecordingPool.sizes == [3]
+
+
+def test_mix_with_huge_corpus_weights_gives_finite_shares():
+    hours = {"speech/a": 10.0, "speech/b": 5.0, "music/m": 1.0}
+    plan = plan_mixture(hours, "speech=0.5,music=0.5", {"a": 1e308})
+    assert all(math.isfinite(t) for t in plan.target.values())
+    assert plan.target["speech/a"] == pytest.approx(0.5) and plan.target["music/m"] == pytest.approx(0.5)
+    plan = plan_mixture(hours, "speech=0.5,music=0.5", {"a": 1e308, "b": 1e308})
+    assert plan.target["speech/a"] == pytest.approx(2 * plan.target["speech/b"])
+    assert sum(plan.target.values()) == pytest.approx(1.0)
+
+
+def test_mix_cli_with_a_huge_weight_writes_no_nan(tmp_path, capsys):
+    lines = [json.dumps(_entry(tmp_path / f"{c}.wav", 36000.0, id=f"{c}/x", corpus=c)) for c in ("a", "b")]
+    (tmp_path / "m.jsonl").write_text("\n".join(lines) + "\n")
+    assert main(["data", "mix", str(tmp_path / "m.jsonl"), "--ratio", "speech=1", "--weight", "a=1e308",
+                 "-o", str(tmp_path / "plan.json")]) == 0
+    text = (tmp_path / "plan.json").read_text()
+    assert "NaN" not in text and json.loads(text)["target"]["speech/a"] == pytest.approx(1.0)
