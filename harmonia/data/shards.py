@@ -24,6 +24,8 @@ import json
 import math
 import os
 import re
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -160,6 +162,18 @@ def write_shard(job: ShardJob) -> dict:
     return meta
 
 
+def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """Pool-worker initializer: exit when the parent process is gone. A forked worker holds its own
+    end of the task pipe, so after a `kill -9` of `harmonia data shard` it would otherwise wait for
+    work forever (or finish its shard and race with the next run)."""
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)  # the temp file of an unfinished shard is removed by the next run
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
+
+
 def write_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_seconds: float = 3600.0,
                  max_seconds: float = 10.0, min_seconds: float = 1.0, seed: int = 0, workers: int = 1,
                  progress: bool = True) -> dict:
@@ -183,7 +197,7 @@ def write_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_sec
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="shards", unit="shard", disable=not progress)
     workers = min(workers, len(todo))  # a pool forks all its workers up front: never more than the shards
     if workers > 1:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
             for j, meta in zip(todo, pool.map(write_shard, todo)):
                 metas[j.path] = meta
                 bar.update()
