@@ -79,7 +79,7 @@ def test_ids_that_read_the_same_once_sanitised_get_their_own_tar_members(tmp_pat
 class _RecordingPool(concurrent.futures.ThreadPoolExecutor):
     sizes: list[int] = []
 
-    def __init__(self, max_workers):
+    def __init__(self, max_workers, initializer=None, initargs=()):  # threads: no exit-with-parent watchdog
         type(self).sizes.append(max_workers)
         super().__init__(max_workers)
 
@@ -111,3 +111,42 @@ def test_mix_cli_with_a_huge_weight_writes_no_nan(tmp_path, capsys):
                  "-o", str(tmp_path / "plan.json")]) == 0
     text = (tmp_path / "plan.json").read_text()
     assert "NaN" not in text and json.loads(text)["target"]["speech/a"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("argv", [
+    ["data", "mix", "{bin}"],
+    ["data", "shard", "{bin}", "-o", "{tmp}/shards"],
+    ["data", "manifest", "--quiet", "--source", "speech/a={tmp}/src", "--blacklist", "{bin}", "-o", "{tmp}/m.jsonl"],
+])
+def test_a_binary_manifest_or_blacklist_is_named_in_the_error(tmp_path, capsys, argv):
+    (tmp_path / "src").mkdir()
+    _wav(tmp_path / "src" / "a.wav")
+    binary = tmp_path / "random.bin"
+    binary.write_bytes(bytes(range(128, 256)) * 4)
+    argv = [a.format(bin=binary, tmp=tmp_path) for a in argv]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(binary) in err and "not UTF-8 text" in err, err
+
+
+@pytest.mark.parametrize("second", ["{src}", "{src}/sub", "{src}/sub/.."])
+def test_overlapping_sources_are_refused_before_scanning(tmp_path, capsys, second):
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    _wav(src / "sub" / "a.wav")
+    argv = ["data", "manifest", "--quiet", "--source", f"speech/a={src}", "--source",
+            f"sound/b={second.format(src=src)}", "-o", str(tmp_path / "m.jsonl")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "overlap" in err and "speech/a" in err and "sound/b" in err, err
+    assert not (tmp_path / "m.jsonl").exists()
+
+
+@pytest.mark.parametrize("bounds", [("1e-9", "1e-9"), ("1", "1e308"), ("1e-5", "10")])
+def test_shard_segment_bounds_that_cannot_be_cut_are_a_clear_error(tmp_path, capsys, bounds):
+    (tmp_path / "m.jsonl").write_text(json.dumps(_entry(_wav(tmp_path / "a.wav"))) + "\n")
+    min_s, max_s = bounds
+    rc = main(["data", "shard", "--quiet", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "s"),
+               "--min-seconds", min_s, "--max-seconds", max_s])
+    err = capsys.readouterr().err
+    assert rc == 2 and "segment bounds" in err and "Traceback" not in err, err

@@ -118,11 +118,19 @@ def _probe(args: tuple[Source, Path]) -> Entry | tuple[str, str]:
                  domain=source.domain, corpus=source.corpus)
 
 
+def read_text_file(path: str | os.PathLike, what: str) -> str:
+    """The UTF-8 text of an input file; a binary or wrongly encoded file is a ManifestError naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected a {what}") from None
+
+
 def read_blacklist(path: str | os.PathLike) -> set[str]:
     """Ids to exclude, one per line ('#' comments allowed). An id matches an entry's full id
     (`corpus/rel/path`), its path relative to the corpus, or its file stem (e.g. a Freesound id)."""
     ids = set()
-    for line in Path(path).read_text().splitlines():
+    for line in read_text_file(path, "blacklist (one id per line)").splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
             ids.add(line)
@@ -152,6 +160,7 @@ def scan_sources(sources: Iterable[Source], workers: int = 8, blacklist: set[str
         if not s.root.is_dir():
             raise ManifestError(f"source {s.domain}/{s.corpus}: {s.root} is not a directory; "
                                 "pass an existing folder of audio files")
+    check_disjoint(sources)
     jobs = [(s, p) for s in sources for p in iter_audio_files(s.root)]
     entries, failures, dropped = [], [], []
     with ThreadPoolExecutor(max(1, workers)) as pool:  # libsndfile releases the GIL on I/O
@@ -163,6 +172,22 @@ def scan_sources(sources: Iterable[Source], workers: int = 8, blacklist: set[str
                 failures.append(res)
     check_unique(entries, lambda e: e.path)
     return ScanResult(entries, failures, dropped)
+
+
+def check_disjoint(sources: Sequence[Source]) -> None:
+    """Refuse two sources whose folders are the same or one inside the other: their files would be
+    scanned twice, under two ids."""
+    roots = [s.root.resolve() for s in sources]
+    for i, a in enumerate(roots):
+        for j in range(i):
+            b = roots[j]
+            if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+                first, second = sources[j], sources[i]
+                raise ManifestError(
+                    f"sources {first.domain}/{first.corpus}={first.root} and {second.domain}/{second.corpus}="
+                    f"{second.root} overlap ({'the same folder' if a == b else 'one folder is inside the other'}): "
+                    "their files would be counted twice; give each folder once, and never a folder with its "
+                    "sub-folder")
 
 
 def check_unique(entries: Sequence[Entry], where) -> None:
@@ -195,7 +220,7 @@ def read_manifest(path: str | os.PathLike) -> list[Entry]:
     lines: dict[Entry, int] = {}  # entry -> line number of its first occurrence
     repeats: list[tuple[int, int]] = []
     fields = set(Entry.__dataclass_fields__)
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for i, line in enumerate(read_text_file(path, "JSONL manifest").splitlines(), 1):
         if not line.strip():
             continue
         try:

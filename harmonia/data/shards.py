@@ -78,8 +78,10 @@ def key_prefixes(ids: Sequence[str]) -> dict[str, str]:
 def plan_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_seconds: float = 3600.0,
                 max_seconds: float = 10.0, min_seconds: float = 1.0, seed: int = 0) -> list[ShardJob]:
     """Assign the files of each corpus to shards (seeded shuffle, then greedy packing)."""
-    if not 0 < min_seconds <= max_seconds:
-        raise ManifestError(f"segment bounds: need 0 < min_seconds <= max_seconds, found {min_seconds}, {max_seconds}")
+    if not (1 / SAMPLE_RATE <= min_seconds <= max_seconds and math.isfinite(max_seconds * SAMPLE_RATE)):
+        raise ManifestError(f"segment bounds: need 1/{SAMPLE_RATE} s <= min_seconds <= max_seconds (finite), found "
+                            f"min_seconds={min_seconds}, max_seconds={max_seconds}; e.g. --min-seconds 1 "
+                            "--max-seconds 10")
     check_unique(entries, lambda e: e.path)  # one id twice would be two tar members with one key
     out = Path(out_dir)
     streams: dict[str, list[Entry]] = {}
