@@ -4,7 +4,8 @@ one error policy:
 
 - exit 0: done; exit 1: finished, but some items failed (listed at the end; `--allow-partial`
   accepts that and exits 0); exit 2: refused (bad flag, bad input, unusable file or folder);
-  exit 130: interrupted.
+  exit 130: interrupted (Ctrl-C), 143: terminated (SIGTERM); temp files of unfinished outputs are
+  deleted on the way out either way.
 - Expected user errors (`USER_ERRORS`: ValueError, which includes CheckpointError, AudioError and
   the other harmonia input errors; missing, unreadable or wrongly typed files and folders; a full
   or read-only disk) print one line `harmonia <cmd>: error: ...`. The Python traceback is shown only
@@ -22,7 +23,9 @@ import errno
 import importlib
 import math
 import os
+import signal
 import sys
+import threading
 import traceback
 
 # Modules that register subcommands, in the order `harmonia --help` lists them.
@@ -37,6 +40,8 @@ SUBCOMMAND_MODULES = [
 
 EXIT_PARTIAL = 1  # finished, but some items failed
 EXIT_USAGE = 2  # refused: bad arguments or an expected user error (argparse uses 2 as well)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as a shell reports it
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
 # Exceptions that mean "the input or the environment is wrong", not "harmonia has a bug".
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -124,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="harmonia",
         description="General-purpose audio encoders: encode, ensemble, pre-train, evaluate.",
         epilog="exit status: 0 done, 1 finished with failed items (see --allow-partial), 2 refused "
-               "(bad arguments or input), 130 interrupted",
+               "(bad arguments or input), 130 interrupted, 143 terminated",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
@@ -152,16 +157,39 @@ def error_line(prog: str, e: BaseException) -> str:
     return f"{prog}: error: {' '.join(message.split())}"
 
 
+class Terminated(BaseException):
+    """SIGTERM (a batch scheduler's time limit, `kill PID`) turned into an exception, so that every
+    atomic write in progress deletes its temp file on the way out, as for Ctrl-C."""
+
+
+def _on_sigterm(main_pid: int):
+    def handler(signum, frame):
+        if os.getpid() != main_pid:  # a forked worker (process pool, DataLoader): die as it always did
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    debug = getattr(args, "debug", False) is True
-    debug = debug or os.environ.get("HARMONIA_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
-    prog = getattr(args, "_prog", "harmonia")
+    prog = "harmonia"
+    previous = None
+    debug = os.environ.get("HARMONIA_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     try:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
+        args = build_parser().parse_args(argv)  # inside: Ctrl-C during the imports is no traceback either
+        debug = debug or getattr(args, "debug", False) is True
+        prog = getattr(args, "_prog", "harmonia")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except Exception as e:
         if not is_user_error(e):
             raise  # a bug: keep the traceback
@@ -169,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(error_line(prog, e), file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":
