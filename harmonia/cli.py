@@ -81,6 +81,30 @@ def _number(kind, test, what: str):
 positive_int = _number(int, lambda v: v > 0, "an integer >= 1")
 non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+MAX_SECONDS = 1e7  # about 4 months: more audio than any one clip, chunk, segment or shard holds
+seconds = _number(float, lambda v: math.isfinite(v) and 0 < v <= MAX_SECONDS,
+                  f"a number of seconds > 0 and <= {MAX_SECONDS:g}")
+
+
+def device(text: str) -> str:
+    """argparse type of --device: a torch device string this machine has (cpu, cuda, cuda:1, mps)."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, found {text!r}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has no usable CUDA GPU (torch "
+                                             f"{torch.__version__}, CUDA {torch.version.cuda}); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA GPU(s), cuda:0.."
+                                             f"cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine; use --device cpu")
+    return text
 
 
 def add_allow_partial(p: argparse.ArgumentParser) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -10,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harmonia.cli import add_allow_partial, partial_exit, positive_float, positive_int, report_failures
+from harmonia.cli import add_allow_partial, device, partial_exit, positive_int, report_failures, seconds
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,11 +36,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("bench", help="throughput (audio-s per s) and peak memory of an encoder, as one JSON line")
     p.add_argument("--model", required=True)
-    p.add_argument("--seconds", type=positive_float, default=10.0, help="clip length")
+    p.add_argument("--seconds", type=seconds, default=10.0, help="clip length")
     p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=cmd_bench)
 
@@ -49,8 +50,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=["flat", "mean", "concat"], default=None, help="BEATs output layout")
     p.add_argument("--layer", type=int, default=None,
                    help="state after N transformer layers (default: last; negative counts from the end)")
-    p.add_argument("--chunk-seconds", type=positive_float, default=None, help="long-input chunk length (default 10 s)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--chunk-seconds", type=seconds, default=None, help="long-input chunk length (default 10 s)")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--beats-config", default=None, help="JSON/YAML file with the BEATs cfg of a bare state dict")
     p.add_argument("--align", choices=["nearest", "linear"], default=None,
                    help="ensembles (a+b+c or a named one): how member frames are resampled to the reference's")
@@ -76,7 +77,23 @@ def load_from_args(args: argparse.Namespace):
                              "of BEATs config fields") from None
     if getattr(args, "device", "cpu") != "cpu":
         options["device"] = args.device
-    return load_encoder(args.model, **options)
+    with flags_not_taken(args.model, options):
+        return load_encoder(args.model, **options)
+
+
+@contextlib.contextmanager
+def flags_not_taken(model: str, options: dict):
+    """A model that does not take an option given on the command line (e.g. --reference for a
+    single model, --layout for Dasheng) raises TypeError in the library: for the CLI that is a user
+    error naming the flag."""
+    try:
+        yield
+    except TypeError as e:
+        given = [name for name in options if repr(name) in str(e)]  # the library names what it does not take
+        if not given:
+            raise
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"--model {model}: {flags} does not apply to this model ({e}); leave it out") from None
 
 
 def output_dir(path: str | Path, flag: str = "--out") -> Path:

@@ -16,7 +16,7 @@ from harmonia.data import shards as shards_module
 from harmonia.data.loader import _read_tar
 from harmonia.data.manifest import Entry, ManifestError, read_manifest
 from harmonia.data.mixture import plan_mixture
-from harmonia.data.shards import write_shards
+from harmonia.data.shards import plan_shards, write_shards
 
 
 def _entry(file: Path, seconds: float = 1.5, **fields) -> dict:
@@ -142,11 +142,23 @@ def test_overlapping_sources_are_refused_before_scanning(tmp_path, capsys, secon
     assert not (tmp_path / "m.jsonl").exists()
 
 
-@pytest.mark.parametrize("bounds", [("1e-9", "1e-9"), ("1", "1e308"), ("1e-5", "10")])
-def test_shard_segment_bounds_that_cannot_be_cut_are_a_clear_error(tmp_path, capsys, bounds):
+@pytest.mark.parametrize("min_s, max_s", [(1e-9, 1e-9), (1.0, 1e308), (1e-5, 10.0)])
+def test_segment_bounds_that_cannot_be_cut_are_a_clear_error(tmp_path, min_s, max_s):
+    entries = [Entry(**_entry(tmp_path / "a.wav"))]  # was ZeroDivisionError / OverflowError
+    with pytest.raises(ManifestError, match="segment bounds"):
+        plan_shards(entries, tmp_path / "s", min_seconds=min_s, max_seconds=max_s)
+
+
+def test_shard_cli_refuses_segment_bounds_that_cannot_be_cut(tmp_path, capsys):
     (tmp_path / "m.jsonl").write_text(json.dumps(_entry(_wav(tmp_path / "a.wav"))) + "\n")
-    min_s, max_s = bounds
     rc = main(["data", "shard", "--quiet", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "s"),
-               "--min-seconds", min_s, "--max-seconds", max_s])
+               "--min-seconds", "1e-9", "--max-seconds", "1e-9"])
     err = capsys.readouterr().err
     assert rc == 2 and "segment bounds" in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("flag", ["--max-seconds", "--shard-seconds", "--min-seconds"])
+def test_shard_seconds_flags_refuse_values_that_overflow_in_samples(tmp_path, capsys, flag):
+    with pytest.raises(SystemExit) as e:
+        main(["data", "shard", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "s"), flag, "1e308"])
+    assert e.value.code == 2 and f"{flag}: expected a number of seconds > 0" in capsys.readouterr().err

@@ -9,9 +9,9 @@ from harmonia.cli import (
     add_allow_partial,
     non_negative_int,
     partial_exit,
-    positive_float,
     positive_int,
     report_failures,
+    seconds,
 )
 
 
@@ -133,16 +133,16 @@ def add_parser(subparsers) -> None:
                    help="multiply a corpus's hours within its domain (default 1, 0 leaves it out)")
     x.add_argument("--steps", type=non_negative_int, default=0, help="planned training steps (for effective epochs)")
     x.add_argument("--batch-size", type=non_negative_int, default=0, help="segments per step, all ranks together")
-    x.add_argument("--max-seconds", type=positive_float, default=10.0)
+    x.add_argument("--max-seconds", type=seconds, default=10.0)
     x.add_argument("-o", "--output", type=Path, help="write the plan as JSON")
     x.set_defaults(func=_mix)
 
     s = sub.add_parser("shard", help="write webdataset tar shards of <= 10 s segments, per domain")
     s.add_argument("manifest", type=Path)
     s.add_argument("-o", "--output", required=True, type=Path, help="shard folder")
-    s.add_argument("--shard-seconds", type=positive_float, default=3600.0, help="audio per shard (default 1 h)")
-    s.add_argument("--max-seconds", type=positive_float, default=10.0)
-    s.add_argument("--min-seconds", type=positive_float, default=1.0, help="drop shorter segments")
+    s.add_argument("--shard-seconds", type=seconds, default=3600.0, help="audio per shard (default 1 h)")
+    s.add_argument("--max-seconds", type=seconds, default=10.0)
+    s.add_argument("--min-seconds", type=seconds, default=1.0, help="drop shorter segments")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=positive_int, default=1)
     s.add_argument("--quiet", action="store_true")
