@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from harmonia.audio import load_audio
 from harmonia.cli import main
 from harmonia.data import shards as shards_module
 from harmonia.data.loader import _read_tar
 from harmonia.data.manifest import Entry, ManifestError, read_manifest
 from harmonia.data.mixture import plan_mixture
-from harmonia.data.shards import plan_shards, write_shards
+from harmonia.data.shards import plan_shards, read_index, write_shards
 
 
 def _entry(file: Path, seconds: float = 1.5, **fields) -> dict:
@@ -162,3 +163,29 @@ def test_shard_seconds_flags_refuse_values_that_overflow_in_samples(tmp_path, ca
     with pytest.raises(SystemExit) as e:
         main(["data", "shard", str(tmp_path / "m.jsonl"), "-o", str(tmp_path / "s"), flag, "1e308"])
     assert e.value.code == 2 and f"{flag}: expected a number of seconds > 0" in capsys.readouterr().err
+
+
+def test_an_interrupted_rewrite_leaves_no_stale_index_behind(tmp_path, monkeypatch):
+    """A second run with another plan (here: another seed) that stops half-way used to leave the first
+    run's index.json, which then described shards that had been rewritten."""
+    entries = [Entry(**_entry(_wav(tmp_path / f"f{i}.wav", 1.5 + i))) for i in range(4)]
+    out = tmp_path / "shards"
+    write_shards(entries, out, shard_seconds=2.0, progress=False)
+    assert (out / "index.json").exists()
+    calls = []
+
+    def interrupted(path):
+        calls.append(path)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return load_audio(path)
+
+    monkeypatch.setattr(shards_module, "load_audio", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_shards(entries, out, shard_seconds=2.0, seed=1, progress=False)
+    assert not (out / "index.json").exists()
+    with pytest.raises(ManifestError, match="no shard index"):
+        read_index(out)
+    monkeypatch.undo()
+    index = write_shards(entries, out, shard_seconds=2.0, seed=1, progress=False)
+    assert read_index(out) == json.loads(json.dumps(index))

@@ -196,6 +196,8 @@ def write_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_sec
             metas[j.path] = done
         else:
             todo.append(j)
+    if todo:  # the old index no longer describes the folder once a shard changes: never leave it stale
+        (out / INDEX_NAME).unlink(missing_ok=True)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="shards", unit="shard", disable=not progress)
     workers = min(workers, len(todo))  # a pool forks all its workers up front: never more than the shards
     if workers > 1:
