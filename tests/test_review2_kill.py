@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -96,23 +97,31 @@ def test_kill_9_of_shard_leaves_no_worker_behind_and_the_rerun_is_byte_identical
     assert _files(run) == _files(tmp_path / "ref")  # byte-identical, no temp file left
 
 
-def test_ctrl_c_of_shard_exits_130_promptly_with_no_temp_file(tmp_path):
+@pytest.mark.parametrize("sig, code, word, group", [
+    (signal.SIGINT, 130, "interrupted", True),  # Ctrl-C in a terminal: the command and its pool workers
+    (signal.SIGTERM, 143, "terminated", False),  # `kill PID`, a scheduler's time limit: the command only
+])
+def test_a_stopped_shard_run_exits_promptly_with_its_code_and_no_temp_file(tmp_path, sig, code, word, group):
     manifest = _manifest(tmp_path, n=12)
     run = tmp_path / "run"
-    # Its own process group, as a terminal's: Ctrl-C reaches the command and its pool workers.
     proc = _cli(_shard_argv(manifest, run), SLOW_DECODE, start_new_session=True)
     try:
         assert _wait_for(lambda: len(_children(proc.pid)) == 2 and list(run.rglob("*.harmonia-tmp-*")), 300), \
             "the workers did not start"
+        workers = _children(proc.pid)
         t0 = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
+        if group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
         rc = proc.wait(60)
         elapsed = time.monotonic() - t0
+        assert _wait_for(lambda: not any(_running(w) for w in workers), 10), "pool workers outlived their parent"
     finally:
-        if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):  # whatever is left of its process group
             os.killpg(proc.pid, signal.SIGKILL)
     err = proc.stderr.read()
-    assert rc == 130 and "interrupted" in err and "Traceback" not in err, err
-    assert elapsed < 5, f"took {elapsed:.1f} s to stop: the queued shards were still written"
+    assert rc == code and f"harmonia data shard: {word}" in err and "Traceback" not in err, err
+    assert elapsed < 8, f"took {elapsed:.1f} s to stop: the queued shards were still written"
     assert not [p for p in run.rglob("*") if "harmonia-tmp" in p.name]
     assert not (run / "index.json").exists()
