@@ -189,3 +189,18 @@ def test_an_interrupted_rewrite_leaves_no_stale_index_behind(tmp_path, monkeypat
     monkeypatch.undo()
     index = write_shards(entries, out, shard_seconds=2.0, seed=1, progress=False)
     assert read_index(out) == json.loads(json.dumps(index))
+
+
+def test_a_shard_written_with_colliding_keys_is_rewritten_by_the_next_run(tmp_path, monkeypatch):
+    """Shards of earlier versions hold two files under one key; their plan hash must not match, or
+    re-running `data shard` (as the loader's error says) would keep the broken shard."""
+    entries = [Entry(**_entry(_wav(tmp_path / f"f{i}.wav"), id=f"c/{n}")) for i, n in enumerate(["a b", "a_b"])]
+    out = tmp_path / "shards"
+    monkeypatch.setattr(shards_module, "key_prefixes", lambda ids: {i: shards_module._readable_key(i) for i in ids})
+    write_shards(entries, out, progress=False)  # as before the fix: one key for both files
+    (shard,) = read_index(out)["streams"]["speech/c"]["shards"]
+    with pytest.raises(ManifestError, match="holds 1 samples but the index records 2"):
+        _read_tar(out / shard["path"], shard["segments"])
+    monkeypatch.undo()
+    write_shards(entries, out, progress=False)
+    assert len(_read_tar(out / shard["path"], shard["segments"])) == 2

@@ -62,12 +62,16 @@ def segment_bounds(num_samples: int, max_samples: int, min_samples: int) -> list
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b - a >= min_samples]
 
 
+def _readable_key(entry_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", entry_id)
+
+
 def key_prefixes(ids: Sequence[str]) -> dict[str, str]:
     """The webdataset key prefix of each id of one shard (the key of segment s is `PREFIX_%04d`):
     no dots (they separate the extension) and no slashes, so the id with every other character
     turned into '_'; plus a hash of the id where two ids read the same once sanitised ('a b' and
     'a_b', or two names in a non-Latin script), so that no two files share tar members."""
-    readable = {i: re.sub(r"[^A-Za-z0-9_\-]", "_", i) for i in ids}
+    readable = {i: _readable_key(i) for i in ids}
     counts: dict[str, int] = {}
     for r in readable.values():
         counts[r] = counts.get(r, 0) + 1
@@ -102,8 +106,11 @@ def plan_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_seco
             groups[-1].append(e)
             acc += e.duration
         for k, group in enumerate(groups):
-            h = hashlib.sha1(json.dumps([INDEX_VERSION, max_seconds, min_seconds, SAMPLE_RATE,
-                                         [(e.id, e.path, e.num_frames) for e in group]]).encode()).hexdigest()
+            plan = [INDEX_VERSION, max_seconds, min_seconds, SAMPLE_RATE, [(e.id, e.path, e.num_frames) for e in group]]
+            hashed = sorted(key for i, key in key_prefixes([e.id for e in group]).items() if key != _readable_key(i))
+            if hashed:  # keys that earlier versions wrote twice into one tar: such a shard is written again
+                plan.append(hashed)
+            h = hashlib.sha1(json.dumps(plan).encode()).hexdigest()
             jobs.append(ShardJob(stream, out / domain / f"{corpus}-{k:06d}.tar", tuple(group),
                                  max_seconds, min_seconds, h))
     return jobs
