@@ -120,7 +120,13 @@ def report_failures(failures: list[tuple[str, str]], what: str, where: str = "")
         return
     print(f"{len(failures)} {what}" + (f" ({where})" if where else "") + ":", file=sys.stderr)
     for item, why in failures:
-        print(f"  {item}: {' '.join(why.split())}", file=sys.stderr)
+        print(f"  {one_line(item)}: {' '.join(why.split())}", file=sys.stderr)
+
+
+def one_line(name: str) -> str:
+    """A file name as one printable line: quoted and escaped (repr) when it holds a newline, a tab or
+    another control character, as it is otherwise."""
+    return name if name.isprintable() else repr(name)
 
 
 def partial_exit(failed: int, args: argparse.Namespace) -> int:

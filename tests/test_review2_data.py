@@ -204,3 +204,16 @@ def test_a_shard_written_with_colliding_keys_is_rewritten_by_the_next_run(tmp_pa
     monkeypatch.undo()
     write_shards(entries, out, progress=False)
     assert len(_read_tar(out / shard["path"], shard["segments"])) == 2
+
+
+def test_failed_file_names_with_newlines_or_tabs_stay_on_one_line(tmp_path, capsys):
+    src = tmp_path / "src"
+    src.mkdir()
+    _wav(src / "good.wav")
+    (src / "bad\nname\t.wav").write_bytes(b"RIFF junk")
+    out = tmp_path / "m.jsonl"
+    assert main(["data", "manifest", "--quiet", "--source", f"sound/x={src}", "-o", str(out)]) == 1
+    rows = (tmp_path / "m.jsonl.failed.tsv").read_text().splitlines()
+    assert len(rows) == 1 and len(rows[0].split("\t")) == 2 and "bad\\nname\\t.wav" in rows[0]
+    err = capsys.readouterr().err.splitlines()
+    assert any("bad\\nname\\t.wav" in line for line in err) and not any(line == "name" for line in err)

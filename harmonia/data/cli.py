@@ -8,6 +8,7 @@ from pathlib import Path
 from harmonia.cli import (
     add_allow_partial,
     non_negative_int,
+    one_line,
     partial_exit,
     positive_int,
     report_failures,
@@ -30,7 +31,7 @@ def _manifest(args: argparse.Namespace) -> int:
           + (f"; {len(res.blacklisted)} blacklisted ids removed" if blacklist else ""))
     failed = Path(str(args.output) + ".failed.tsv")
     if res.failures:
-        write_text_atomic(failed, "".join(f"{p}\t{' '.join(why.split())}\n" for p, why in res.failures))
+        write_text_atomic(failed, "".join(f"{one_line(p)}\t{' '.join(why.split())}\n" for p, why in res.failures))
     else:
         failed.unlink(missing_ok=True)  # from an earlier run whose failures are now fixed
     report_failures(res.failures, "unreadable file(s), left out of the manifest",
