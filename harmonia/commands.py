@@ -96,12 +96,18 @@ def flags_not_taken(model: str, options: dict):
         raise ValueError(f"--model {model}: {flags} does not apply to this model ({e}); leave it out") from None
 
 
-def output_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Create an output folder (with parents); a path that exists but is not a folder is refused."""
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output folder path that exists but is not a folder (before any slow work)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{flag} {path}: exists and is not a directory; expected a folder (created "
                                  "when missing): remove the file or choose another path")
+    return path
+
+
+def output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create an output folder (with parents); a path that exists but is not a folder is refused."""
+    path = check_output_dir(path, flag)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -119,8 +125,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from harmonia.audio import AudioError, load_audio, pad_batch
     from harmonia.io import remove_stale_temps
 
+    check_output_dir(args.out)
+    encoder = load_from_args(args)  # a model that cannot be loaded leaves no empty --out folder behind
     out = output_dir(args.out)
-    encoder = load_from_args(args)
     remove_stale_temps(out)  # left by a killed or failed earlier run
     files = [Path(f) for f in args.files]
     stems: dict[str, Path] = {}
@@ -195,8 +202,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from harmonia.hub import save_harmonia
 
     options = {"dtype": getattr(torch, args.dtype)} if args.dtype else {}
-    out_dir = output_dir(args.out_dir, "OUT_DIR")
+    check_output_dir(args.out_dir, "OUT_DIR")
     encoder = load_encoder(args.source, **options)
+    out_dir = output_dir(args.out_dir, "OUT_DIR")
     if not hasattr(encoder, "export_config"):
         raise ValueError(f"{args.source}: a {type(encoder).__name__} cannot be exported to harmonia's format; "
                          "convert its members one at a time")

@@ -66,3 +66,13 @@ def test_encode_on_cuda_matches_cpu(tmp_path):
     assert main(["encode", "--model", str(MS), "--device", "cuda", "--out", str(tmp_path / "gpu"), str(WAV)]) == 0
     cpu, gpu = np.load(tmp_path / "cpu" / "example.npy"), np.load(tmp_path / "gpu" / "example.npy")
     assert cpu.shape == gpu.shape and np.abs(cpu - gpu).max() < 1e-3
+
+
+@pytest.mark.parametrize("argv", [
+    ["encode", "--model", "no-such-model-anywhere", "--out", "{out}", str(WAV)],
+    ["convert", "no-such-model-anywhere", "{out}"],
+])
+def test_a_model_that_cannot_be_loaded_leaves_no_output_folder(tmp_path, capsys, argv):
+    assert main([a.format(out=tmp_path / "new" / "out") for a in argv]) == 2
+    assert "no-such-model-anywhere" in capsys.readouterr().err
+    assert not (tmp_path / "new").exists()
