@@ -217,3 +217,17 @@ def test_failed_file_names_with_newlines_or_tabs_stay_on_one_line(tmp_path, caps
     assert len(rows) == 1 and len(rows[0].split("\t")) == 2 and "bad\\nname\\t.wav" in rows[0]
     err = capsys.readouterr().err.splitlines()
     assert any("bad\\nname\\t.wav" in line for line in err) and not any(line == "name" for line in err)
+
+
+def test_symlinked_folders_are_scanned_once_and_link_cycles_end(tmp_path):
+    from harmonia.data.manifest import Source, scan_sources
+
+    root, elsewhere = tmp_path / "corpus", tmp_path / "elsewhere"
+    (root / "real").mkdir(parents=True)
+    elsewhere.mkdir()
+    _wav(root / "real" / "a.wav")
+    _wav(elsewhere / "b.wav")
+    (root / "linked").symlink_to(elsewhere, target_is_directory=True)  # used to be skipped silently
+    (root / "real" / "loop").symlink_to(root, target_is_directory=True)  # a cycle
+    res = scan_sources([Source("sound", "x", root)], progress=False)
+    assert sorted(e.id for e in res.entries) == ["x/linked/b", "x/real/a"] and not res.failures

@@ -96,8 +96,16 @@ class Entry:
 
 
 def iter_audio_files(root: Path) -> Iterator[Path]:
-    """Audio files under `root`, sorted (deterministic manifests)."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    """Audio files under `root`, sorted (deterministic manifests). Symlinked folders are followed
+    (corpora are often assembled from links); a folder reached a second time (a link cycle, or a
+    link to a folder already scanned) is scanned once."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames.clear()
+            continue
+        seen.add(real)
         dirnames.sort()
         for name in sorted(filenames):
             if name.lower().endswith(AUDIO_EXTENSIONS):
