@@ -154,7 +154,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
             wav, lengths = pad_batch(wavs)
             result = encoder.encode(wav, lengths)
             for j, f in enumerate(batch):
-                frames = result.frames[j, : int(result.lengths[j])].cpu().numpy()
+                frames = result.frames[j, : int(result.lengths[j])].float().cpu().numpy()
+                if not np.isfinite(frames).all():  # e.g. float audio far outside [-1, 1] overflows the features
+                    failures.append((str(f), f"the encoder produced NaN or infinite frames (input peak "
+                                             f"{float(wavs[j].abs().max()):.3g}; expected audio within about [-1, 1]): "
+                                             "normalise the file; nothing was written for it"))
+                    continue
                 _save_npy_atomic(out / f"{f.stem}.npy", frames)
         except Exception as e:  # keep going: report at the end
             failures.extend((str(f), f"encoding failed: {e}") for f in batch)

@@ -76,3 +76,16 @@ def test_a_model_that_cannot_be_loaded_leaves_no_output_folder(tmp_path, capsys,
     assert main([a.format(out=tmp_path / "new" / "out") for a in argv]) == 2
     assert "no-such-model-anywhere" in capsys.readouterr().err
     assert not (tmp_path / "new").exists()
+
+
+def test_encode_never_writes_non_finite_frames(tmp_path, capsys):
+    import soundfile as sf
+
+    loud = tmp_path / "loud.wav"  # finite float samples, but 1e30: the features overflow
+    sf.write(loud, (np.random.default_rng(0).standard_normal(16000) * 1e30).astype(np.float32), 16000,
+             subtype="FLOAT")
+    rc = main(["encode", "--model", str(MS), "--batch-size", "2", "--out", str(tmp_path / "o"), str(loud), str(WAV)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "loud.wav: the encoder produced NaN or infinite frames" in err, err
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["example.npy"]
+    assert np.isfinite(np.load(tmp_path / "o" / "example.npy")).all()
