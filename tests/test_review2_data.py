@@ -231,3 +231,9 @@ def test_symlinked_folders_are_scanned_once_and_link_cycles_end(tmp_path):
     (root / "real" / "loop").symlink_to(root, target_is_directory=True)  # a cycle
     res = scan_sources([Source("sound", "x", root)], progress=False)
     assert sorted(e.id for e in res.entries) == ["x/linked/b", "x/real/a"] and not res.failures
+
+
+def test_mix_refuses_two_weights_for_one_corpus(tmp_path, capsys):
+    (tmp_path / "m.jsonl").write_text(json.dumps(_entry(tmp_path / "a.wav", id="a/x", corpus="a")) + "\n")
+    rc = main(["data", "mix", str(tmp_path / "m.jsonl"), "--ratio", "speech=1", "--weight", "a=1", "--weight", "a=0"])
+    assert rc == 2 and "--weight given more than once for ['a']" in capsys.readouterr().err  # the last one won

@@ -68,6 +68,9 @@ def _mix(args: argparse.Namespace) -> int:
     for e in entries:
         hours[f"{e.domain}/{e.corpus}"] = hours.get(f"{e.domain}/{e.corpus}", 0.0) + e.duration / 3600
     weights = dict(args.weight)
+    if len(weights) < len(args.weight):
+        repeated = sorted({c for c, _ in args.weight if sum(c == d for d, _ in args.weight) > 1})
+        raise ValueError(f"--weight given more than once for {repeated}; give each corpus one weight")
     plan = plan_mixture(hours, args.ratio, weights)
     print(format_plan(plan, _seg_seconds(entries, args.max_seconds), args.steps, args.batch_size))
     if args.output:
