@@ -237,3 +237,17 @@ def test_mix_refuses_two_weights_for_one_corpus(tmp_path, capsys):
     (tmp_path / "m.jsonl").write_text(json.dumps(_entry(tmp_path / "a.wav", id="a/x", corpus="a")) + "\n")
     rc = main(["data", "mix", str(tmp_path / "m.jsonl"), "--ratio", "speech=1", "--weight", "a=1", "--weight", "a=0"])
     assert rc == 2 and "--weight given more than once for ['a']" in capsys.readouterr().err  # the last one won
+
+
+def test_blacklist_matches_ids_whatever_their_unicode_normal_form(tmp_path):
+    import unicodedata
+
+    from harmonia.data.manifest import Source, read_blacklist, scan_sources
+
+    src = tmp_path / "src"
+    src.mkdir()
+    _wav(src / (unicodedata.normalize("NFD", "café") + ".wav"))  # decomposed, as macOS stores names
+    _wav(src / "other.wav")
+    (tmp_path / "bl.txt").write_text(unicodedata.normalize("NFC", "café") + "\n", encoding="utf-8")
+    res = scan_sources([Source("sound", "x", src)], blacklist=read_blacklist(tmp_path / "bl.txt"), progress=False)
+    assert [e.id for e in res.entries] == ["x/other"] and len(res.blacklisted) == 1

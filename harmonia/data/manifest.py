@@ -18,6 +18,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -141,13 +142,16 @@ def read_blacklist(path: str | os.PathLike) -> set[str]:
     for line in read_text_file(path, "blacklist (one id per line)").splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            ids.add(line)
+            ids.add(unicodedata.normalize("NFC", line))
     return ids
 
 
 def is_blacklisted(entry: Entry, blacklist: set[str]) -> bool:
-    rel = entry.id.split("/", 1)[1]
-    return entry.id in blacklist or rel in blacklist or rel.rsplit("/", 1)[-1] in blacklist
+    """Ids compare in Unicode NFC: 'é' typed in the list matches a file name stored decomposed (NFD,
+    as macOS writes them)."""
+    full = unicodedata.normalize("NFC", entry.id)
+    rel = full.split("/", 1)[-1]
+    return full in blacklist or rel in blacklist or rel.rsplit("/", 1)[-1] in blacklist
 
 
 @dataclass
