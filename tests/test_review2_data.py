@@ -251,3 +251,16 @@ def test_blacklist_matches_ids_whatever_their_unicode_normal_form(tmp_path):
     (tmp_path / "bl.txt").write_text(unicodedata.normalize("NFC", "café") + "\n", encoding="utf-8")
     res = scan_sources([Source("sound", "x", src)], blacklist=read_blacklist(tmp_path / "bl.txt"), progress=False)
     assert [e.id for e in res.entries] == ["x/other"] and len(res.blacklisted) == 1
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn", "forkserver"])
+def test_shard_pool_workers_run_under_every_start_method(tmp_path, monkeypatch, method):
+    """The exit-with-parent watchdog must not take a forkserver (Python 3.14's default) for a dead parent."""
+    import multiprocessing
+
+    entries = [Entry(**_entry(_wav(tmp_path / f"f{i}.wav"))) for i in range(2)]
+    ctx = multiprocessing.get_context(method)
+    monkeypatch.setattr(shards_module, "ProcessPoolExecutor",
+                        lambda n, **kw: concurrent.futures.ProcessPoolExecutor(n, mp_context=ctx, **kw))
+    index = write_shards(entries, tmp_path / "shards", shard_seconds=1.0, workers=2, progress=False)
+    assert index["streams"]["speech/c"]["segments"] == 2 and index["failures"] == []

@@ -171,12 +171,15 @@ def write_shard(job: ShardJob) -> dict:
     return meta
 
 
-def exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
-    """Pool-worker initializer: exit when the parent process is gone. A forked worker holds its own
-    end of the task pipe, so after a `kill -9` of `harmonia data shard` it would otherwise wait for
-    work forever (or finish its shard and race with the next run)."""
+def exit_with_parent(poll_s: float = 0.5) -> None:
+    """Pool-worker initializer: exit when the process that started this worker is gone. A forked
+    worker holds its own end of the task pipe, so after a `kill -9` of `harmonia data shard` it would
+    otherwise wait for work forever (or finish its shard and race with the next run). The parent is
+    whoever started the worker (the command itself, or a forkserver that exits with it)."""
+    parent = os.getppid()
+
     def watch() -> None:
-        while os.getppid() == parent_pid:
+        while os.getppid() == parent:
             time.sleep(poll_s)
         os._exit(1)  # the temp file of an unfinished shard is removed by the next run
 
@@ -208,7 +211,7 @@ def write_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_sec
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="shards", unit="shard", disable=not progress)
     workers = min(workers, len(todo))  # a pool forks all its workers up front: never more than the shards
     if workers > 1:
-        with ProcessPoolExecutor(workers, initializer=exit_with_parent, initargs=(os.getpid(),)) as pool:
+        with ProcessPoolExecutor(workers, initializer=exit_with_parent) as pool:
             for j, meta in zip(todo, pool.map(write_shard, todo)):
                 metas[j.path] = meta
                 bar.update()
