@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -129,7 +130,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
     encoder = load_from_args(args)  # a model that cannot be loaded leaves no empty --out folder behind
     out = output_dir(args.out)
     remove_stale_temps(out)  # left by a killed or failed earlier run
-    files = [Path(f) for f in args.files]
+    # one file named twice (a shell glob and an explicit name, ./a.wav and a.wav) is encoded once
+    files, seen = [], set()
+    for f in args.files:
+        if os.path.realpath(f) not in seen:
+            seen.add(os.path.realpath(f))
+            files.append(Path(f))
     stems: dict[str, Path] = {}
     failures: list[tuple[str, str]] = []
     for f in files:  # two inputs with one stem would overwrite each other: refuse the second

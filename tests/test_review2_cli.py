@@ -89,3 +89,11 @@ def test_encode_never_writes_non_finite_frames(tmp_path, capsys):
     assert rc == 1 and "loud.wav: the encoder produced NaN or infinite frames" in err, err
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["example.npy"]
     assert np.isfinite(np.load(tmp_path / "o" / "example.npy")).all()
+
+
+def test_one_file_named_twice_is_encoded_once_not_a_failure(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(WAV.parent)
+    rc = main(["encode", "--model", str(MS), "--out", str(tmp_path / "o"), "example.wav", "./example.wav", str(WAV)])
+    err = capsys.readouterr().err
+    assert rc == 0 and "encoded 1/1" in err, err  # was exit 1: "same output name example.npy"
+    assert [p.name for p in (tmp_path / "o").iterdir()] == ["example.npy"]
