@@ -97,3 +97,13 @@ def test_one_file_named_twice_is_encoded_once_not_a_failure(tmp_path, monkeypatc
     err = capsys.readouterr().err
     assert rc == 0 and "encoded 1/1" in err, err  # was exit 1: "same output name example.npy"
     assert [p.name for p in (tmp_path / "o").iterdir()] == ["example.npy"]
+
+
+def test_two_different_files_with_one_stem_are_still_refused(tmp_path, capsys):
+    import soundfile as sf
+
+    flac = tmp_path / "example.flac"
+    sf.write(flac, sf.read(WAV)[0], sf.info(WAV).samplerate)
+    rc = main(["encode", "--model", str(MS), "--out", str(tmp_path / "o"), str(WAV), str(flac)])
+    err = capsys.readouterr().err
+    assert rc == 1 and "example.flac: same output name example.npy" in err, err
