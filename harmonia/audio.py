@@ -69,9 +69,10 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
             "(wav, flac, ogg, mp3); convert it, e.g. `ffmpeg -i IN -ar 16000 OUT.flac`."
         ) from e
     # A cut-short file decodes to fewer frames than its header announces. libsndfile trusts the file
-    # size for WAV, so the RIFF `data` chunk size is read directly; compressed formats report their
-    # header length in `info.frames` (mp3 decoders may differ by an encoder delay, hence the 1%).
-    declared = _riff_declared_frames(path, info) if info.format in ("WAV", "WAVEX") else info.frames
+    # size for uncompressed containers (WAV, RF64, W64, AIFF), so their header is read directly;
+    # compressed formats report their header length in `info.frames` (mp3 decoders may differ by an
+    # encoder delay, hence the 1%).
+    declared = _header_frames(path) if info.format in HEADER_FORMATS else info.frames
     if declared and audio.shape[0] < declared - max(2, declared // 100):
         raise AudioError(
             f"{path}: truncated file: the header announces {declared} frames but only "
@@ -89,30 +90,85 @@ def load_audio(path: str | os.PathLike, sample_rate: int = SAMPLE_RATE) -> torch
 STREAMED_WAV_SIZES = (0xFFFFFFFF, 0x7FFFF000)
 
 
-def _riff_declared_frames(path: Path, info) -> int | None:
-    """Frames announced by the `data` chunk of a RIFF/WAVE header (None if it cannot be read or the
-    header is a streaming placeholder that announces no length)."""
+# Uncompressed containers whose frame count libsndfile derives from the file size.
+HEADER_FORMATS = ("WAV", "WAVEX", "RF64", "W64", "AIFF")
+_W64_RIFF = b"riff\x2e\x91\xcf\x11\xa5\xd6\x28\xdb\x04\xc1\x00\x00"
+
+
+def _header_frames(path: Path) -> int | None:
+    """Frames announced by the header of a WAV/RF64, Sony Wave64 or AIFF file (None if it cannot be
+    read or is a streaming placeholder that announces no length)."""
     with open(path, "rb") as f:
-        head = f.read(12)
-        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
-            return None
-        if int.from_bytes(head[4:8], "little") == 0xFFFFFFFF:  # RIFF size of a streamed file
-            return None
-        block_align = None
-        while True:
-            chunk = f.read(8)
-            if len(chunk) < 8:
+        head = f.read(16)
+        if head[:4] in (b"RIFF", b"RF64") and head[8:12] == b"WAVE":
+            if head[:4] == b"RIFF" and int.from_bytes(head[4:8], "little") == 0xFFFFFFFF:  # streamed
                 return None
-            cid, size = chunk[:4], int.from_bytes(chunk[4:], "little")
-            if cid == b"fmt ":
-                fmt = f.read(size + (size & 1))
-                block_align = int.from_bytes(fmt[12:14], "little")
-            elif cid == b"data":
-                if size in STREAMED_WAV_SIZES:
-                    return None
-                return size // block_align if block_align else None
-            else:
-                f.seek(size + (size & 1), 1)
+            f.seek(12)
+            return _wave_frames(f, rf64=head[:4] == b"RF64")
+        if head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+            f.seek(12)
+            return _aiff_frames(f)
+        if head == _W64_RIFF:
+            f.seek(40)  # riff GUID, 64-bit size, wave GUID
+            return _w64_frames(f)
+    return None
+
+
+def _wave_frames(f, rf64: bool) -> int | None:
+    """RIFF/RF64 chunks: the `data` size (RF64: from the `ds64` chunk) over the block alignment."""
+    block_align = ds64_data = None
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            return None
+        cid, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+        if cid == b"ds64":
+            body = f.read(size + (size & 1))
+            ds64_data = int.from_bytes(body[8:16], "little")
+        elif cid == b"fmt ":
+            fmt = f.read(size + (size & 1))
+            block_align = int.from_bytes(fmt[12:14], "little")
+        elif cid == b"data":
+            if rf64 and size == 0xFFFFFFFF:
+                size = ds64_data
+            elif size in STREAMED_WAV_SIZES:
+                return None
+            return size // block_align if size and block_align else None
+        else:
+            f.seek(size + (size & 1), 1)
+
+
+def _aiff_frames(f) -> int | None:
+    """AIFF/AIFC chunks (big-endian): numSampleFrames of the `COMM` chunk."""
+    while True:
+        chunk = f.read(8)
+        if len(chunk) < 8:
+            return None
+        cid, size = chunk[:4], int.from_bytes(chunk[4:], "big")
+        if cid == b"COMM":
+            return int.from_bytes(f.read(6)[2:6], "big")
+        f.seek(size + (size & 1), 1)
+
+
+def _w64_frames(f) -> int | None:
+    """Sony Wave64 chunks: 16-byte GUIDs (the first 4 bytes name them), 64-bit sizes that include
+    the 24-byte chunk header, bodies padded to 8 bytes."""
+    block_align = None
+    while True:
+        head = f.read(24)
+        if len(head) < 24:
+            return None
+        cid, size = head[:4], int.from_bytes(head[16:24], "little")
+        if size < 24:
+            return None
+        if cid == b"fmt ":
+            fmt = f.read(size - 24)
+            block_align = int.from_bytes(fmt[12:14], "little")
+            f.seek(-size % 8, 1)
+        elif cid == b"data":
+            return (size - 24) // block_align if block_align else None
+        else:
+            f.seek(size - 24 + (-size % 8), 1)
 
 
 def crop_or_pad(wav_N: torch.Tensor, num_samples: int) -> torch.Tensor:

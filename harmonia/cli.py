@@ -4,7 +4,8 @@ one error policy:
 
 - exit 0: done; exit 1: finished, but some items failed (listed at the end; `--allow-partial`
   accepts that and exits 0); exit 2: refused (bad flag, bad input, unusable file or folder);
-  exit 130: interrupted.
+  exit 130: interrupted (Ctrl-C), 143: terminated (SIGTERM); temp files of unfinished outputs are
+  deleted on the way out either way.
 - Expected user errors (`USER_ERRORS`: ValueError, which includes CheckpointError, AudioError and
   the other harmonia input errors; missing, unreadable or wrongly typed files and folders; a full
   or read-only disk) print one line `harmonia <cmd>: error: ...`. The Python traceback is shown only
@@ -22,7 +23,9 @@ import errno
 import importlib
 import math
 import os
+import signal
 import sys
+import threading
 import traceback
 
 # Modules that register subcommands, in the order `harmonia --help` lists them.
@@ -37,6 +40,8 @@ SUBCOMMAND_MODULES = [
 
 EXIT_PARTIAL = 1  # finished, but some items failed
 EXIT_USAGE = 2  # refused: bad arguments or an expected user error (argparse uses 2 as well)
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), as a shell reports it
+EXIT_TERMINATED = 143  # SIGTERM (128 + SIGTERM)
 
 # Exceptions that mean "the input or the environment is wrong", not "harmonia has a bug".
 USER_ERRORS: tuple[type[BaseException], ...] = (
@@ -76,6 +81,30 @@ def _number(kind, test, what: str):
 positive_int = _number(int, lambda v: v > 0, "an integer >= 1")
 non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
 positive_float = _number(float, lambda v: math.isfinite(v) and v > 0, "a finite number > 0")
+MAX_SECONDS = 1e7  # about 4 months: more audio than any one clip, chunk, segment or shard holds
+seconds = _number(float, lambda v: math.isfinite(v) and 0 < v <= MAX_SECONDS,
+                  f"a number of seconds > 0 and <= {MAX_SECONDS:g}")
+
+
+def device(text: str) -> str:
+    """argparse type of --device: a torch device string this machine has (cpu, cuda, cuda:1, mps)."""
+    import torch
+
+    try:
+        dev = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"expected a device such as cpu, cuda or cuda:1, found {text!r}") from None
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has no usable CUDA GPU (torch "
+                                             f"{torch.__version__}, CUDA {torch.version.cuda}); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {count} CUDA GPU(s), cuda:0.."
+                                             f"cuda:{count - 1}")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text!r}: MPS is not available on this machine; use --device cpu")
+    return text
 
 
 def add_allow_partial(p: argparse.ArgumentParser) -> None:
@@ -92,7 +121,13 @@ def report_failures(failures: list[tuple[str, str]], what: str, where: str = "")
     print(f"{len(failures)} {what}" + (f" ({where})" if where else "")
           + f" [exit status {EXIT_PARTIAL} unless --allow-partial]:", file=sys.stderr)
     for item, why in failures:
-        print(f"  {item}: {' '.join(why.split())}", file=sys.stderr)
+        print(f"  {one_line(item)}: {' '.join(why.split())}", file=sys.stderr)
+
+
+def one_line(name: str) -> str:
+    """A file name as one printable line: quoted and escaped (repr) when it holds a newline, a tab or
+    another control character, as it is otherwise."""
+    return name if name.isprintable() else repr(name)
 
 
 def partial_exit(failed: int, args: argparse.Namespace) -> int:
@@ -122,7 +157,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="harmonia",
         description="General-purpose audio encoders: encode, ensemble, pre-train, evaluate.",
         epilog="exit status: 0 done, 1 finished with failed items (see --allow-partial), 2 refused "
-               "(bad arguments or input), 130 interrupted",
+               "(bad arguments or input), 130 interrupted, 143 terminated",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:
@@ -150,16 +185,39 @@ def error_line(prog: str, e: BaseException) -> str:
     return f"{prog}: error: {' '.join(message.split())}"
 
 
+class Terminated(BaseException):
+    """SIGTERM (a batch scheduler's time limit, `kill PID`) turned into an exception, so that every
+    atomic write in progress deletes its temp file on the way out, as for Ctrl-C."""
+
+
+def _on_sigterm(main_pid: int):
+    def handler(signum, frame):
+        if os.getpid() != main_pid:  # a forked worker (process pool, DataLoader): die as it always did
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return
+        raise Terminated()
+
+    return handler
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    debug = getattr(args, "debug", False) is True
-    debug = debug or os.environ.get("HARMONIA_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
-    prog = getattr(args, "_prog", "harmonia")
+    prog = "harmonia"
+    previous = None
+    debug = os.environ.get("HARMONIA_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     try:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.signal(signal.SIGTERM, _on_sigterm(os.getpid()))
+        args = build_parser().parse_args(argv)  # inside: Ctrl-C during the imports is no traceback either
+        debug = debug or getattr(args, "debug", False) is True
+        prog = getattr(args, "_prog", "harmonia")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Terminated:
+        print(f"{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return EXIT_TERMINATED
     except Exception as e:
         if not is_user_error(e):
             raise  # a bug: keep the traceback
@@ -167,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         print(error_line(prog, e), file=sys.stderr)
         return EXIT_USAGE
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from harmonia.cli import add_allow_partial, partial_exit, positive_float, positive_int, report_failures
+from harmonia.cli import add_allow_partial, device, partial_exit, positive_int, report_failures, seconds
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,11 +37,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("bench", help="throughput (audio-s per s) and peak memory of an encoder, as one JSON line")
     p.add_argument("--model", required=True)
-    p.add_argument("--seconds", type=positive_float, default=10.0, help="clip length")
+    p.add_argument("--seconds", type=seconds, default=10.0, help="clip length")
     p.add_argument("--batch", type=positive_int, default=1)
     p.add_argument("--repeats", type=positive_int, default=5)
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=cmd_bench)
 
@@ -49,8 +51,8 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--layout", choices=["flat", "mean", "concat"], default=None, help="BEATs output layout")
     p.add_argument("--layer", type=int, default=None,
                    help="state after N transformer layers (default: last; negative counts from the end)")
-    p.add_argument("--chunk-seconds", type=positive_float, default=None, help="long-input chunk length (default 10 s)")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--chunk-seconds", type=seconds, default=None, help="long-input chunk length (default 10 s)")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--beats-config", default=None, help="JSON/YAML file with the BEATs cfg of a bare state dict")
     p.add_argument("--align", choices=["nearest", "linear"], default=None,
                    help="ensembles (a+b+c or a named one): how member frames are resampled to the reference's")
@@ -76,15 +78,37 @@ def load_from_args(args: argparse.Namespace):
                              "of BEATs config fields") from None
     if getattr(args, "device", "cpu") != "cpu":
         options["device"] = args.device
-    return load_encoder(args.model, **options)
+    with flags_not_taken(args.model, options):
+        return load_encoder(args.model, **options)
 
 
-def output_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Create an output folder (with parents); a path that exists but is not a folder is refused."""
+@contextlib.contextmanager
+def flags_not_taken(model: str, options: dict):
+    """A model that does not take an option given on the command line (e.g. --reference for a
+    single model, --layout for Dasheng) raises TypeError in the library: for the CLI that is a user
+    error naming the flag."""
+    try:
+        yield
+    except TypeError as e:
+        given = [name for name in options if repr(name) in str(e)]  # the library names what it does not take
+        if not given:
+            raise
+        flags = ", ".join("--" + name.replace("_", "-") for name in given)
+        raise ValueError(f"--model {model}: {flags} does not apply to this model ({e}); leave it out") from None
+
+
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output folder path that exists but is not a folder (before any slow work)."""
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise NotADirectoryError(f"{flag} {path}: exists and is not a directory; expected a folder (created "
                                  "when missing): remove the file or choose another path")
+    return path
+
+
+def output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create an output folder (with parents); a path that exists but is not a folder is refused."""
+    path = check_output_dir(path, flag)
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -102,10 +126,16 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from harmonia.audio import AudioError, load_audio, pad_batch
     from harmonia.io import remove_stale_temps
 
+    check_output_dir(args.out)
+    encoder = load_from_args(args)  # a model that cannot be loaded leaves no empty --out folder behind
     out = output_dir(args.out)
-    encoder = load_from_args(args)
     remove_stale_temps(out)  # left by a killed or failed earlier run
-    files = [Path(f) for f in args.files]
+    # one file named twice (a shell glob and an explicit name, ./a.wav and a.wav) is encoded once
+    files, seen = [], set()
+    for f in args.files:
+        if os.path.realpath(f) not in seen:
+            seen.add(os.path.realpath(f))
+            files.append(Path(f))
     stems: dict[str, Path] = {}
     failures: list[tuple[str, str]] = []
     for f in files:  # two inputs with one stem would overwrite each other: refuse the second
@@ -130,7 +160,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
             wav, lengths = pad_batch(wavs)
             result = encoder.encode(wav, lengths)
             for j, f in enumerate(batch):
-                frames = result.frames[j, : int(result.lengths[j])].cpu().numpy()
+                frames = result.frames[j, : int(result.lengths[j])].float().cpu().numpy()
+                if not np.isfinite(frames).all():  # e.g. float audio far outside [-1, 1] overflows the features
+                    failures.append((str(f), f"the encoder produced NaN or infinite frames (input peak "
+                                             f"{float(wavs[j].abs().max()):.3g}; expected audio within about [-1, 1]): "
+                                             "normalise the file; nothing was written for it"))
+                    continue
                 _save_npy_atomic(out / f"{f.stem}.npy", frames)
         except Exception as e:  # keep going: report at the end
             failures.extend((str(f), f"encoding failed: {e}") for f in batch)
@@ -178,8 +213,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from harmonia.hub import save_harmonia
 
     options = {"dtype": getattr(torch, args.dtype)} if args.dtype else {}
-    out_dir = output_dir(args.out_dir, "OUT_DIR")
+    check_output_dir(args.out_dir, "OUT_DIR")
     encoder = load_encoder(args.source, **options)
+    out_dir = output_dir(args.out_dir, "OUT_DIR")
     if not hasattr(encoder, "export_config"):
         raise ValueError(f"{args.source}: a {type(encoder).__name__} cannot be exported to harmonia's format; "
                          "convert its members one at a time")

@@ -50,10 +50,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_xares_export(args: argparse.Namespace) -> int:
+    from harmonia.commands import flags_not_taken
     from harmonia.xares_export import export_xares
 
     options = {k: getattr(args, k) for k in ("layout", "layer", "align", "fuse", "reference", "dtype")
                if getattr(args, k) is not None}
-    out = export_xares(args.model, args.out, options, class_name=args.class_name)
+    with flags_not_taken(args.model, options):
+        out = export_xares(args.model, args.out, options, class_name=args.class_name)
     print(f"wrote {out}: run `python -m xares.run --max-jobs 0 {out.name} TASK.py ...` from {out.parent.resolve()}")
     return 0

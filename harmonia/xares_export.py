@@ -14,6 +14,7 @@ exactly one module attribute whose name ends in "Encoder", builds it with no arg
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import keyword
 import os
@@ -105,6 +106,7 @@ def export_xares(source: str, out: str | os.PathLike, options: dict[str, Any] | 
     out = Path(out)
     if out.suffix != ".py" or not out.stem.isidentifier():
         raise ValueError(f"{out}: X-ARES imports the plug-in as a module: expected a file name like my_encoder.py")
+    _check_module_name_is_free(out)
     stored = _absolute(source)  # the plug-in runs from X-ARES's working directory
     load_options = {**options, "dtype": parse_dtype(options["dtype"])} if "dtype" in options else options
     encoder = load_encoder(stored, **load_options)
@@ -116,6 +118,21 @@ def export_xares(source: str, out: str | os.PathLike, options: dict[str, Any] | 
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(out, text)
     return out
+
+
+def _check_module_name_is_free(out: Path) -> None:
+    """Refuse a plug-in named like an importable module (torch.py, json.py, harmonia.py, xares.py):
+    X-ARES imports it by name from its folder, where it would shadow that module (the plug-in's own
+    `import torch` would import itself) or be shadowed by it."""
+    try:
+        spec = importlib.util.find_spec(out.stem)
+    except (ImportError, ValueError):  # a broken installed package of that name: taken as well
+        spec = True
+    if spec is None or (spec is not True and spec.origin and Path(spec.origin).resolve() == out.resolve()):
+        return
+    raise ValueError(f"{out}: the module name {out.stem!r} is already taken by an installed or standard module; "
+                     f"the plug-in would shadow it (or be shadowed): choose another file name, e.g. "
+                     f"{out.stem}_encoder.py")
 
 
 def settings_literal(settings: dict[str, Any]) -> str:

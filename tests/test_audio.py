@@ -106,3 +106,19 @@ def test_wav_with_a_real_size_that_the_file_does_not_hold_is_truncated(tmp_path)
     _hand_made_wav(tmp_path / "short.wav", samples[:8000], None, 2 * 16000)  # header: 1 s, file: 0.5 s
     with pytest.raises(AudioError, match="short.wav.*truncated.*16000 frames.*8000"):
         load_audio(tmp_path / "short.wav")
+
+
+@pytest.mark.parametrize("fmt,ext,subtype", [
+    ("RF64", "wav", "PCM_16"), ("W64", "w64", "PCM_16"), ("AIFF", "aiff", "PCM_16"), ("AIFF", "aiff", "PCM_24"),
+    ("WAVEX", "wav", "PCM_24"),
+])
+def test_cut_short_rf64_wave64_and_aiff_are_truncated_not_half_read(tmp_path, fmt, ext, subtype):
+    """libsndfile derives their length from the file size, so a file cut in half used to load as
+    half the audio without a word; the header's own frame count is what the file should hold."""
+    path = tmp_path / f"clip.{ext}"
+    sf.write(path, tone(16000, 2.0, channels=2), 16000, format=fmt, subtype=subtype)
+    assert len(load_audio(path)) == 32000  # intact: read whole
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(AudioError, match=r"clip\..*truncated.*announces 32000 frames"):
+        load_audio(path)

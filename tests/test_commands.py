@@ -93,7 +93,7 @@ def test_non_positive_numbers_are_refused_before_any_work(argv, tmp_path, monkey
         main(argv)
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert "expected" in err and ("integer >= 1" in err or "number > 0" in err)
+    assert "expected" in err and ("integer >= 1" in err or "number > 0" in err or "seconds > 0" in err)
     assert not (tmp_path / "o").exists()
 
 

@@ -110,6 +110,23 @@ def test_bad_output_names_are_refused(tmp_path):
         export_xares(str(BEATS_A), tmp_path / "m.py", class_name="Model")
 
 
+@pytest.mark.parametrize("name", ["torch.py", "json.py", "harmonia.py", "xares.py"])
+def test_output_names_that_shadow_a_module_are_refused(tmp_path, name):
+    """X-ARES imports the plug-in by name from its folder: a `torch.py` there would be imported by
+    the plug-in's own `import torch` (and `harmonia.py` by its `from harmonia import ...`)."""
+    with pytest.raises(ValueError, match=f"module name '{name[:-3]}' is already taken"):
+        export_xares(str(BEATS_A), tmp_path / name)
+    assert not (tmp_path / name).exists()
+
+
+def test_re_exporting_over_the_plugin_in_the_working_folder_is_allowed(plugin, monkeypatch):
+    monkeypatch.chdir(plugin.parent)
+    monkeypatch.syspath_prepend(str(plugin.parent))  # as under `python -m xares.run` from that folder
+    sys.modules.pop("my_encoder", None)
+    assert export_xares(str(BEATS_A), plugin.name).resolve() == plugin.resolve()
+    export_xares(SPEC, plugin, {"align": "linear"})  # as the fixture wrote it, for the other tests
+
+
 def test_xares_run_style_import_by_relative_module_path(plugin, monkeypatch):
     """X-ARES turns `my_encoder.py` into a module name relative to its working directory."""
     monkeypatch.chdir(plugin.parent)

@@ -8,10 +8,11 @@ from pathlib import Path
 from harmonia.cli import (
     add_allow_partial,
     non_negative_int,
+    one_line,
     partial_exit,
-    positive_float,
     positive_int,
     report_failures,
+    seconds,
 )
 
 
@@ -30,7 +31,7 @@ def _manifest(args: argparse.Namespace) -> int:
           + (f"; {len(res.blacklisted)} blacklisted ids removed" if blacklist else ""))
     failed = Path(str(args.output) + ".failed.tsv")
     if res.failures:
-        write_text_atomic(failed, "".join(f"{p}\t{' '.join(why.split())}\n" for p, why in res.failures))
+        write_text_atomic(failed, "".join(f"{one_line(p)}\t{' '.join(why.split())}\n" for p, why in res.failures))
     else:
         failed.unlink(missing_ok=True)  # from an earlier run whose failures are now fixed
     report_failures(res.failures, "unreadable file(s), left out of the manifest",
@@ -67,6 +68,9 @@ def _mix(args: argparse.Namespace) -> int:
     for e in entries:
         hours[f"{e.domain}/{e.corpus}"] = hours.get(f"{e.domain}/{e.corpus}", 0.0) + e.duration / 3600
     weights = dict(args.weight)
+    if len(weights) < len(args.weight):
+        repeated = sorted({c for c, _ in args.weight if sum(c == d for d, _ in args.weight) > 1})
+        raise ValueError(f"--weight given more than once for {repeated}; give each corpus one weight")
     plan = plan_mixture(hours, args.ratio, weights)
     print(format_plan(plan, _seg_seconds(entries, args.max_seconds), args.steps, args.batch_size))
     if args.output:
@@ -133,16 +137,16 @@ def add_parser(subparsers) -> None:
                    help="multiply a corpus's hours within its domain (default 1, 0 leaves it out)")
     x.add_argument("--steps", type=non_negative_int, default=0, help="planned training steps (for effective epochs)")
     x.add_argument("--batch-size", type=non_negative_int, default=0, help="segments per step, all ranks together")
-    x.add_argument("--max-seconds", type=positive_float, default=10.0)
+    x.add_argument("--max-seconds", type=seconds, default=10.0)
     x.add_argument("-o", "--output", type=Path, help="write the plan as JSON")
     x.set_defaults(func=_mix)
 
     s = sub.add_parser("shard", help="write webdataset tar shards of <= 10 s segments, per domain")
     s.add_argument("manifest", type=Path)
     s.add_argument("-o", "--output", required=True, type=Path, help="shard folder")
-    s.add_argument("--shard-seconds", type=positive_float, default=3600.0, help="audio per shard (default 1 h)")
-    s.add_argument("--max-seconds", type=positive_float, default=10.0)
-    s.add_argument("--min-seconds", type=positive_float, default=1.0, help="drop shorter segments")
+    s.add_argument("--shard-seconds", type=seconds, default=3600.0, help="audio per shard (default 1 h)")
+    s.add_argument("--max-seconds", type=seconds, default=10.0)
+    s.add_argument("--min-seconds", type=seconds, default=1.0, help="drop shorter segments")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--workers", type=positive_int, default=1)
     s.add_argument("--quiet", action="store_true")

@@ -15,8 +15,10 @@ and write it twice into the shards.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
+import unicodedata
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +29,8 @@ import soundfile as sf
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3", ".aiff", ".aif")
 DOMAINS = ("speech", "music", "sound")
+# Domain and corpus names become folder and file names of the shards: no separators, no '..'.
+NAME_PATTERN = r"[A-Za-z0-9_\-]+"
 
 
 class ManifestError(ValueError):
@@ -48,7 +52,7 @@ class Source:
     @classmethod
     def parse(cls, spec: str) -> Source:
         """Parse `DOMAIN/CORPUS=DIR`, e.g. `speech/commonvoice=/data/cv`."""
-        m = re.fullmatch(r"([A-Za-z0-9_\-]+)/([A-Za-z0-9_\-]+)=(.+)", spec)
+        m = re.fullmatch(rf"({NAME_PATTERN})/({NAME_PATTERN})=(.+)", spec)
         if not m:
             raise ManifestError(
                 f"source {spec!r}: expected DOMAIN/CORPUS=DIR, e.g. speech/commonvoice=/data/cv "
@@ -69,13 +73,40 @@ class Entry:
     domain: str
     corpus: str
 
+    def __post_init__(self) -> None:
+        """Every field has its type and a usable value: a crafted or hand-edited manifest cannot
+        write shards outside their folder (domain '..') or put NaN hours into a mixture."""
+        for name in ("domain", "corpus"):
+            value = getattr(self, name)
+            if not (isinstance(value, str) and re.fullmatch(NAME_PATTERN, value)):
+                raise ManifestError(f"{name} {value!r}: expected a name of letters, digits, '_' or '-' "
+                                    "(it becomes a folder or file name of the shards)")
+        for name in ("id", "path"):
+            if not (isinstance(getattr(self, name), str) and getattr(self, name)):
+                raise ManifestError(f"{name} {getattr(self, name)!r}: expected a non-empty string")
+        for name in ("sample_rate", "channels", "num_frames"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+                raise ManifestError(f"{name} {value!r}: expected an integer >= 1")
+        d = self.duration
+        if not (isinstance(d, (int, float)) and not isinstance(d, bool) and math.isfinite(d) and d > 0):
+            raise ManifestError(f"duration {d!r}: expected a finite number of seconds > 0")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
 
 def iter_audio_files(root: Path) -> Iterator[Path]:
-    """Audio files under `root`, sorted (deterministic manifests)."""
-    for dirpath, dirnames, filenames in os.walk(root):
+    """Audio files under `root`, sorted (deterministic manifests). Symlinked folders are followed
+    (corpora are often assembled from links); a folder reached a second time (a link cycle, or a
+    link to a folder already scanned) is scanned once."""
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames.clear()
+            continue
+        seen.add(real)
         dirnames.sort()
         for name in sorted(filenames):
             if name.lower().endswith(AUDIO_EXTENSIONS):
@@ -96,20 +127,31 @@ def _probe(args: tuple[Source, Path]) -> Entry | tuple[str, str]:
                  domain=source.domain, corpus=source.corpus)
 
 
+def read_text_file(path: str | os.PathLike, what: str) -> str:
+    """The UTF-8 text of an input file; a binary or wrongly encoded file is a ManifestError naming it."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); expected a {what}") from None
+
+
 def read_blacklist(path: str | os.PathLike) -> set[str]:
     """Ids to exclude, one per line ('#' comments allowed). An id matches an entry's full id
     (`corpus/rel/path`), its path relative to the corpus, or its file stem (e.g. a Freesound id)."""
     ids = set()
-    for line in Path(path).read_text().splitlines():
+    for line in read_text_file(path, "blacklist (one id per line)").splitlines():
         line = line.split("#", 1)[0].strip()
         if line:
-            ids.add(line)
+            ids.add(unicodedata.normalize("NFC", line))
     return ids
 
 
 def is_blacklisted(entry: Entry, blacklist: set[str]) -> bool:
-    rel = entry.id.split("/", 1)[1]
-    return entry.id in blacklist or rel in blacklist or rel.rsplit("/", 1)[-1] in blacklist
+    """Ids compare in Unicode NFC: 'é' typed in the list matches a file name stored decomposed (NFD,
+    as macOS writes them)."""
+    full = unicodedata.normalize("NFC", entry.id)
+    rel = full.split("/", 1)[-1]
+    return full in blacklist or rel in blacklist or rel.rsplit("/", 1)[-1] in blacklist
 
 
 @dataclass
@@ -130,6 +172,7 @@ def scan_sources(sources: Iterable[Source], workers: int = 8, blacklist: set[str
         if not s.root.is_dir():
             raise ManifestError(f"source {s.domain}/{s.corpus}: {s.root} is not a directory; "
                                 "pass an existing folder of audio files")
+    check_disjoint(sources)
     jobs = [(s, p) for s in sources for p in iter_audio_files(s.root)]
     entries, failures, dropped = [], [], []
     with ThreadPoolExecutor(max(1, workers)) as pool:  # libsndfile releases the GIL on I/O
@@ -141,6 +184,22 @@ def scan_sources(sources: Iterable[Source], workers: int = 8, blacklist: set[str
                 failures.append(res)
     check_unique(entries, lambda e: e.path)
     return ScanResult(entries, failures, dropped)
+
+
+def check_disjoint(sources: Sequence[Source]) -> None:
+    """Refuse two sources whose folders are the same or one inside the other: their files would be
+    scanned twice, under two ids."""
+    roots = [s.root.resolve() for s in sources]
+    for i, a in enumerate(roots):
+        for j in range(i):
+            b = roots[j]
+            if a == b or a.is_relative_to(b) or b.is_relative_to(a):
+                first, second = sources[j], sources[i]
+                raise ManifestError(
+                    f"sources {first.domain}/{first.corpus}={first.root} and {second.domain}/{second.corpus}="
+                    f"{second.root} overlap ({'the same folder' if a == b else 'one folder is inside the other'}): "
+                    "their files would be counted twice; give each folder once, and never a folder with its "
+                    "sub-folder")
 
 
 def check_unique(entries: Sequence[Entry], where) -> None:
@@ -173,7 +232,7 @@ def read_manifest(path: str | os.PathLike) -> list[Entry]:
     lines: dict[Entry, int] = {}  # entry -> line number of its first occurrence
     repeats: list[tuple[int, int]] = []
     fields = set(Entry.__dataclass_fields__)
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for i, line in enumerate(read_text_file(path, "JSONL manifest").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -182,6 +241,9 @@ def read_manifest(path: str | os.PathLike) -> list[Entry]:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ManifestError(f"{path}:{i}: not a manifest line ({e}); expected JSON with keys "
                                 f"{sorted(fields)}; regenerate it with `harmonia data manifest`") from e
+        except ManifestError as e:
+            raise ManifestError(f"{path}:{i}: {e}; fix the line or regenerate the manifest with "
+                                "`harmonia data manifest`") from None
         if entry in lines:
             repeats.append((i, lines[entry]))
             continue

@@ -97,6 +97,9 @@ def plan_mixture(hours: Mapping[str, float], ratio: str | Mapping[str, float],
     for stream, h in hours.items():
         if "/" not in stream:
             raise MixtureError(f"stream {stream!r}: expected a 'domain/corpus' key")
+        if not (math.isfinite(h) and h >= 0):
+            raise MixtureError(f"stream {stream!r}: {h} hours; expected a finite number >= 0 (check the durations "
+                               "of its manifest or shard index)")
         by_domain.setdefault(stream.split("/", 1)[0], {})[stream] = float(h)
     known = {s.split("/", 1)[1] for s in hours} | set(hours)
     unknown_w = sorted(set(corpus_weights) - known)
@@ -108,8 +111,9 @@ def plan_mixture(hours: Mapping[str, float], ratio: str | Mapping[str, float],
         if share == 0:
             continue
         streams = by_domain.get(domain, {})
-        weighted = {s: h * corpus_weights.get(s, corpus_weights.get(s.split("/", 1)[1], 1.0))
-                    for s, h in streams.items()}
+        weights = {s: corpus_weights.get(s, corpus_weights.get(s.split("/", 1)[1], 1.0)) for s in streams}
+        top = max(weights.values(), default=0.0) or 1.0  # only ratios matter: keep h * w finite for w = 1e308
+        weighted = {s: h * (weights[s] / top) for s, h in streams.items()}
         total = sum(weighted.values())
         if total <= 0 and sum(streams.values()) > 0:
             raise MixtureError(f"domain {domain!r} has share {share:.0%} but every corpus in it has weight 0 "

@@ -24,6 +24,8 @@ import json
 import math
 import os
 import re
+import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -60,16 +62,30 @@ def segment_bounds(num_samples: int, max_samples: int, min_samples: int) -> list
     return [(a, b) for a, b in zip(edges[:-1], edges[1:]) if b - a >= min_samples]
 
 
-def sample_key(entry_id: str, seg: int) -> str:
-    """Webdataset key: no dots (they separate the extension), no slashes."""
-    return re.sub(r"[^A-Za-z0-9_\-]", "_", entry_id) + f"_{seg:04d}"
+def _readable_key(entry_id: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_\-]", "_", entry_id)
+
+
+def key_prefixes(ids: Sequence[str]) -> dict[str, str]:
+    """The webdataset key prefix of each id of one shard (the key of segment s is `PREFIX_%04d`):
+    no dots (they separate the extension) and no slashes, so the id with every other character
+    turned into '_'; plus a hash of the id where two ids read the same once sanitised ('a b' and
+    'a_b', or two names in a non-Latin script), so that no two files share tar members."""
+    readable = {i: _readable_key(i) for i in ids}
+    counts: dict[str, int] = {}
+    for r in readable.values():
+        counts[r] = counts.get(r, 0) + 1
+    return {i: r if counts[r] == 1 else f"{r}_{hashlib.sha1(i.encode()).hexdigest()[:10]}"
+            for i, r in readable.items()}
 
 
 def plan_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_seconds: float = 3600.0,
                 max_seconds: float = 10.0, min_seconds: float = 1.0, seed: int = 0) -> list[ShardJob]:
     """Assign the files of each corpus to shards (seeded shuffle, then greedy packing)."""
-    if not 0 < min_seconds <= max_seconds:
-        raise ManifestError(f"segment bounds: need 0 < min_seconds <= max_seconds, found {min_seconds}, {max_seconds}")
+    if not (1 / SAMPLE_RATE <= min_seconds <= max_seconds and math.isfinite(max_seconds * SAMPLE_RATE)):
+        raise ManifestError(f"segment bounds: need 1/{SAMPLE_RATE} s <= min_seconds <= max_seconds (finite), found "
+                            f"min_seconds={min_seconds}, max_seconds={max_seconds}; e.g. --min-seconds 1 "
+                            "--max-seconds 10")
     check_unique(entries, lambda e: e.path)  # one id twice would be two tar members with one key
     out = Path(out_dir)
     streams: dict[str, list[Entry]] = {}
@@ -90,8 +106,11 @@ def plan_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_seco
             groups[-1].append(e)
             acc += e.duration
         for k, group in enumerate(groups):
-            h = hashlib.sha1(json.dumps([INDEX_VERSION, max_seconds, min_seconds, SAMPLE_RATE,
-                                         [(e.id, e.path, e.num_frames) for e in group]]).encode()).hexdigest()
+            plan = [INDEX_VERSION, max_seconds, min_seconds, SAMPLE_RATE, [(e.id, e.path, e.num_frames) for e in group]]
+            hashed = sorted(key for i, key in key_prefixes([e.id for e in group]).items() if key != _readable_key(i))
+            if hashed:  # keys that earlier versions wrote twice into one tar: such a shard is written again
+                plan.append(hashed)
+            h = hashlib.sha1(json.dumps(plan).encode()).hexdigest()
             jobs.append(ShardJob(stream, out / domain / f"{corpus}-{k:06d}.tar", tuple(group),
                                  max_seconds, min_seconds, h))
     return jobs
@@ -122,6 +141,7 @@ def write_shard(job: ShardJob) -> dict:
     job.path.parent.mkdir(parents=True, exist_ok=True)
     segments, failures = [], []
     max_n, min_n = round(job.max_seconds * SAMPLE_RATE), round(job.min_seconds * SAMPLE_RATE)
+    prefixes = key_prefixes([e.id for e in job.entries])
     with atomic_path(job.path) as tmp, open(tmp, "wb") as f:
         # Fixed mtime/user/group: the same plan gives byte-identical tars.
         writer = wds.TarWriter(f, mtime=0.0, user="harmonia", group="harmonia")
@@ -135,7 +155,7 @@ def write_shard(job: ShardJob) -> dict:
                 for s, (a, b) in enumerate(segment_bounds(len(wav), max_n, min_n)):
                     buf = io.BytesIO()
                     sf.write(buf, np.clip(wav[a:b], -1.0, 1.0), SAMPLE_RATE, format="FLAC", subtype="PCM_16")
-                    key = sample_key(e.id, s)
+                    key = f"{prefixes[e.id]}_{s:04d}"
                     meta = {"id": e.id, "segment": s, "start": a / SAMPLE_RATE, "seconds": (b - a) / SAMPLE_RATE,
                             "domain": e.domain, "corpus": e.corpus, "sample_rate": SAMPLE_RATE}
                     writer.write({"__key__": key, "flac": buf.getvalue(), "json": meta})
@@ -149,6 +169,21 @@ def write_shard(job: ShardJob) -> dict:
             "segments": segments, "seconds": sum(s["seconds"] for s in segments), "failures": failures}
     write_json_atomic(_sidecar(job.path), meta)
     return meta
+
+
+def exit_with_parent(poll_s: float = 0.5) -> None:
+    """Pool-worker initializer: exit when the process that started this worker is gone. A forked
+    worker holds its own end of the task pipe, so after a `kill -9` of `harmonia data shard` it would
+    otherwise wait for work forever (or finish its shard and race with the next run). The parent is
+    whoever started the worker (the command itself, or a forkserver that exits with it)."""
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(1)  # the temp file of an unfinished shard is removed by the next run
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 def write_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_seconds: float = 3600.0,
@@ -171,9 +206,12 @@ def write_shards(entries: Sequence[Entry], out_dir: str | os.PathLike, shard_sec
             metas[j.path] = done
         else:
             todo.append(j)
+    if todo:  # the old index no longer describes the folder once a shard changes: never leave it stale
+        (out / INDEX_NAME).unlink(missing_ok=True)
     bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="shards", unit="shard", disable=not progress)
-    if workers > 1 and len(todo) > 1:
-        with ProcessPoolExecutor(workers) as pool:
+    workers = min(workers, len(todo))  # a pool forks all its workers up front: never more than the shards
+    if workers > 1:
+        with ProcessPoolExecutor(workers, initializer=exit_with_parent) as pool:
             for j, meta in zip(todo, pool.map(write_shard, todo)):
                 metas[j.path] = meta
                 bar.update()

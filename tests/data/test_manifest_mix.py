@@ -114,7 +114,8 @@ def test_manifest_exit_code_and_failed_list_follow_the_current_run(tmp_path, cap
     argv = ["data", "manifest", "--quiet", "--source", f"sound/x={src}", "-o", str(out)]
     assert main(argv) == 1
     err = capsys.readouterr().err
-    assert err.rstrip().splitlines()[-1].strip().startswith(str(src / "b.wav"))  # summary at the end
+    *_, last_failure, hint = err.rstrip().splitlines()  # the summary at the end, then the exit-status hint
+    assert last_failure.strip().startswith(str(src / "b.wav")) and "--allow-partial" in hint
     sf.write(src / "b.wav", np.zeros(8000, np.float32), 16000)  # fixed
     assert main(argv) == 0
     assert len(read_manifest(out)) == 2 and not (tmp_path / "m.jsonl.failed.tsv").exists()
