@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+from harmonia import accel
 from harmonia.encoder import AudioEncoder
 from harmonia.io import (
     CheckpointError,
@@ -115,10 +116,17 @@ def list_encoders() -> list[str]:
     return sorted(registry.REGISTRY)
 
 
-def load_encoder(source: str | os.PathLike, **options) -> AudioEncoder:
+def load_encoder(source: str | os.PathLike, quantize: str | None = None, compile: bool = False,
+                 **options) -> AudioEncoder:
     """Build an encoder from a registry name, a local checkpoint file or directory in any supported
     format, or a Hugging Face repo id. Options are passed to the family's encoder (e.g. `layout`,
-    `layer`, `chunk_seconds`, `dtype`, `device`)."""
+    `layer`, `chunk_seconds`, `dtype`, `device`). `quantize="int8"` (CPU) and `compile=True` are
+    opt-in speed options (`harmonia.accel`)."""
+    accel.check_options(quantize, compile, options.get("device"), parse_dtype(options.get("dtype")))
+    return accel.accelerate(_load_encoder(source, **options), quantize=quantize, compile=compile)
+
+
+def _load_encoder(source: str | os.PathLike, **options) -> AudioEncoder:
     if isinstance(source, (str, os.PathLike)) and Path(source).exists():
         return load_local(source, **options)
     source = str(source)
