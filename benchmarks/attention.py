@@ -21,7 +21,6 @@ import json
 import math
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from harmonia.bench import random_encoder  # noqa: E402
+from harmonia.bench import encode_times, random_encoder  # noqa: E402
 
 MODELS = {"beats": "openbeats-base-i1", "dasheng": "dasheng-base"}
 _SDPA = F.scaled_dot_product_attention
@@ -51,19 +50,6 @@ def attention(kind: str):
         yield
     finally:
         F.scaled_dot_product_attention = _SDPA
-
-
-def time_encode(enc, wav, lengths, repeats: int, device: str) -> float:
-    times = []
-    for _ in range(repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        enc.encode(wav, lengths)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -102,7 +88,7 @@ def main() -> None:
                 for kind in per:
                     with attention(kind):
                         enc.encode(wav[:1, :16000])  # warm the kernels of this variant
-                        per[kind].append(time_encode(enc, wav, lengths, a.repeats, a.device))
+                        per[kind].append(statistics.median(encode_times(enc, wav, lengths, a.repeats)))
             med = {k: statistics.median(v) for k, v in per.items()}
             row = {"family": fam, "model": MODELS[fam], "batch": b, "seconds": a.seconds, "device": a.device,
                    "dtype": a.dtype, "threads": torch.get_num_threads(), "padded": a.padded,

@@ -212,36 +212,37 @@ def num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.0f}"
 
 
+def infer_row(r: dict) -> str:
+    gpu_mb = f"{num(r['peak_gpu_mb'])} / {num(r['peak_gpu_reserved_mb'])}"
+    return (f"| {r['model']} encode, {r['dtype']}{' + compile' if r.get('compile') else ''} | {r['batch']} | "
+            f"{r['audio_s_per_s']:.0f} audio-s/s | {r['real_time_factor']:.2e} | {gpu_mb} | {r['peak_rss_mb']:.0f} | "
+            f"{'fits' if r['fits_t4_budget'] else 'EXCEEDS'} (memory; speed measured on {r['gpu'] or r['device']}) |")
+
+
+def pretrain_row(r: dict) -> str:
+    mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "n/a"
+    return (f"| {r['recipe']} ({r['params'] / 1e6:.0f}M) | {r['batch']} | {r['step_s']:.3f} | "
+            f"{r['patch_tokens_per_s']:,} | {r['achieved_tflops']:.0f} | {mfu} |")
+
+
+SUMMARY_TABLES = (  # kind, header, what names the row, row formatter
+    ("infer", ["what", "batch", "throughput", "real-time factor", "peak GPU MB (alloc / reserved)",
+               "peak host RSS MB", "T4 budget (16 GB GPU, 12 GB host)"], "model", infer_row),
+    ("pretrain", ["pre-training step (bf16 autocast, fused AdamW)", "batch × 10 s", "step s", "patch tokens/s",
+                  "TFLOP/s", "MFU"], "recipe", pretrain_row),
+)
+
+
 def cmd_summary(a: argparse.Namespace) -> int:
     rows = [json.loads(line) for f in a.files for line in Path(f).read_text().splitlines() if line.startswith("{")]
     gpu = next((r["gpu"] for r in rows if r.get("gpu")), "no GPU")
     print(f"GPU rows measured by benchmarks/gpu_check.sh on {gpu}, torch {torch.__version__}, random weights:")
-    print()
-    print("| what | batch | throughput | real-time factor | peak GPU MB (alloc / reserved) | peak host RSS MB | "
-          "T4 budget (16 GB GPU, 12 GB host) |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        if r["kind"] != "infer":
-            continue
-        if "error" in r:
-            print(f"| {r['model']} encode | {r['batch']} | FAILED: {r['error']} | | | | |")
-            continue
-        gpu_mb = f"{num(r['peak_gpu_mb'])} / {num(r['peak_gpu_reserved_mb'])}"
-        print(f"| {r['model']} encode, {r['dtype']}{' + compile' if r.get('compile') else ''} | {r['batch']} | "
-              f"{r['audio_s_per_s']:.0f} audio-s/s | {r['real_time_factor']:.2e} | {gpu_mb} | {r['peak_rss_mb']:.0f} | "
-              f"{'fits' if r['fits_t4_budget'] else 'EXCEEDS'} (memory; speed measured on {r['gpu'] or r['device']}) |")
-    print()
-    print("| pre-training step (bf16 autocast, fused AdamW) | batch × 10 s | step s | patch tokens/s | TFLOP/s | MFU |")
-    print("|---|---|---|---|---|---|")
-    for r in rows:
-        if r["kind"] != "pretrain":
-            continue
-        if "error" in r:
-            print(f"| {r['recipe']} | {r['batch']} | FAILED: {r['error'][:80]} | | | |")
-            continue
-        mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "n/a"
-        print(f"| {r['recipe']} ({r['params'] / 1e6:.0f}M) | {r['batch']} | {r['step_s']:.3f} | "
-              f"{r['patch_tokens_per_s']:,} | {r['achieved_tflops']:.0f} | {mfu} |")
+    for kind, header, name, fmt in SUMMARY_TABLES:
+        print("\n| " + " | ".join(header) + " |\n" + "|---" * len(header) + "|")
+        for r in rows:
+            if r["kind"] == kind:
+                print(fmt(r) if "error" not in r else
+                      f"| {r[name]} | {r['batch']} | FAILED: {str(r['error'])[:120]} |" + " |" * (len(header) - 3))
     return 0
 
 

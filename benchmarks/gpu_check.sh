@@ -66,7 +66,7 @@ else
     "$PY" benchmarks/gpu_bench.py infer --dtype float16 --batch 1 8 --repeats 5 --work "$OUT/ckpt" \
       --model openbeats-base-i1 dasheng-base cmu-aist-icme2025
   phase "pre-training step: beats_base, beats_large in bf16" 100 pretrain.jsonl \
-    "$PY" benchmarks/gpu_bench.py pretrain --recipe beats_base beats_large_speech_heavy --batch 64 --steps 5
+    "$PY" benchmarks/gpu_bench.py pretrain --recipe beats_base beats_large_speech_heavy --batch 32 96 --steps 4
   phase "attention: SDPA vs hand-written, fp16" 50 attention.log \
     "$PY" benchmarks/attention.py --device cuda --dtype float16 --batches 8 --rounds 2 --repeats 3
 fi

@@ -18,7 +18,6 @@ import argparse
 import json
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 
 import harmonia  # noqa: E402
 from harmonia.accel import quantize_int8  # noqa: E402
-from harmonia.bench import random_encoder  # noqa: E402
+from harmonia.bench import encode_times, random_encoder  # noqa: E402
 
 MODELS = {"beats-base": "openbeats-base-i1", "dasheng-base": "dasheng-base"}
 FIXTURES = {"beats fixture (ms iter3 small)": ROOT / "tests/fixtures/beats/beats_ms_iter3_small.pt",
@@ -48,15 +47,6 @@ def cosines(a: torch.Tensor, b: torch.Tensor) -> dict:
     c = F.cosine_similarity(a.double(), b.double(), dim=-1).flatten()
     return {"cos_mean": round(float(c.mean()), 6), "cos_min": round(float(c.min()), 6),
             "rel_err": round(float((a - b).norm() / a.norm()), 5)}
-
-
-def timed(enc, wav, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        enc.encode(wav)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -88,8 +78,8 @@ def main() -> None:
                 wav = (torch.rand(b, clip.shape[1], generator=g) * 2 - 1) * 0.5
                 per = {"fp32": [], "int8": []}
                 for _ in range(a.rounds):
-                    per["fp32"].append(timed(fp32, wav, a.repeats))
-                    per["int8"].append(timed(int8, wav, a.repeats))
+                    per["fp32"].append(statistics.median(encode_times(fp32, wav, repeats=a.repeats)))
+                    per["int8"].append(statistics.median(encode_times(int8, wav, repeats=a.repeats)))
                 med = {k: statistics.median(v) for k, v in per.items()}
                 row[f"b{b}"] = {"fp32_audio_s_per_s": round(b * a.seconds / med["fp32"], 2),
                                 "int8_audio_s_per_s": round(b * a.seconds / med["int8"], 2),

@@ -15,6 +15,22 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def encode_times(encoder, wav, lengths=None, repeats: int = 1) -> list[float]:
+    """Wall-clock seconds of `repeats` calls of `encoder.encode(wav, lengths)`, the GPU (if the
+    encoder is on one) synchronised around each call."""
+    cuda = encoder.device.type == "cuda"
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        encoder.encode(wav, lengths)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t)
+    return times
+
+
 def bench_encoder(source, seconds: float = 10.0, batch: int = 1, repeats: int = 5, dtype: str = "float32",
                   device: str = "cpu", threads: int | None = None, warmup: int = 1, seed: int = 0,
                   quantize: str | None = None, compile: bool = False) -> dict:
@@ -39,17 +55,8 @@ def bench_encoder(source, seconds: float = 10.0, batch: int = 1, repeats: int = 
     wav = (torch.rand(batch, int(seconds * 16000), generator=g) * 2 - 1) * 0.5
     if device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for i in range(warmup + repeats):
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        t = time.perf_counter()
-        encoder.encode(wav)
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    times.sort()
+    encode_times(encoder, wav, repeats=warmup)
+    times = sorted(encode_times(encoder, wav, repeats=repeats))
     median = times[len(times) // 2]
     result = {
         "model": str(source) if not isinstance(source, torch.nn.Module) else type(source).__name__,
