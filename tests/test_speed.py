@@ -117,9 +117,11 @@ def test_quantize_refuses_cuda_and_reduced_precision_before_loading():
         harmonia.load_encoder(DASHENG, quantize="int8", dtype="bf16")
 
 
-def test_compile_flag_must_be_a_bool():
+def test_compile_flag_must_be_a_bool_and_not_combined_with_int8():
     with pytest.raises(TypeError, match="compile must be True or False"):
         harmonia.load_encoder(DASHENG, compile="yes")
+    with pytest.raises(ValueError, match="cannot be combined"):
+        harmonia.load_encoder(DASHENG, quantize="int8", compile=True)
 
 
 # -------------------------------------------------------------------------------------------------
