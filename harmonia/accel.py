@@ -30,6 +30,7 @@ import warnings
 import torch
 from torch import Tensor, nn
 
+from harmonia.io import parse_dtype
 from harmonia.models.beats import TransformerLayer
 from harmonia.models.dasheng import Block
 
@@ -41,7 +42,7 @@ KEEP_FLOAT = ("grep_linear",)
 
 
 def check_options(quantize: str | None = None, compile: bool = False, device: str | torch.device | None = None,
-                  dtype: torch.dtype | None = None) -> None:
+                  dtype: str | torch.dtype | None = None) -> None:
     """Validate the speed options before anything is loaded (a typo must not cost a 5 GB load)."""
     if quantize is not None:
         if quantize not in QUANTIZE_MODES:
@@ -50,8 +51,8 @@ def check_options(quantize: str | None = None, compile: bool = False, device: st
         if device is not None and torch.device(device).type != "cpu":
             raise ValueError(f"quantize={quantize!r} runs on the CPU only (fbgemm kernels), found device={device!r}; "
                              "on a GPU use dtype=torch.float16 or torch.bfloat16 instead")
-        if dtype is not None and dtype != torch.float32:
-            raise ValueError(f"quantize={quantize!r} quantises float32 weights, found dtype={dtype}; "
+        if dtype is not None and parse_dtype(dtype) != torch.float32:
+            raise ValueError(f"quantize={quantize!r} quantises float32 weights, found dtype={parse_dtype(dtype)}; "
                              "leave dtype unset (or float32) when quantising")
         if "fbgemm" not in torch.backends.quantized.supported_engines:
             raise RuntimeError("quantize='int8' needs PyTorch's fbgemm CPU kernels, which this torch build lacks "

@@ -122,7 +122,7 @@ def load_encoder(source: str | os.PathLike, quantize: str | None = None, compile
     format, or a Hugging Face repo id. Options are passed to the family's encoder (e.g. `layout`,
     `layer`, `chunk_seconds`, `dtype`, `device`). `quantize="int8"` (CPU) and `compile=True` are
     opt-in speed options (`harmonia.accel`)."""
-    accel.check_options(quantize, compile, options.get("device"), parse_dtype(options.get("dtype")))
+    accel.check_options(quantize, compile, options.get("device"), options.get("dtype"))
     return accel.accelerate(_load_encoder(source, **options), quantize=quantize, compile=compile)
 
 
