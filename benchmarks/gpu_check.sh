@@ -60,14 +60,14 @@ if [ "$DRY" = 1 ]; then
   phase "attention (dry run)" 300 attention.log \
     "$PY" benchmarks/attention.py --seconds 1 --batches 1 --rounds 1 --repeats 1 --families dasheng
 else
-  phase "tests (pytest -m gpu)" 150 pytest.log \
+  phase "tests (pytest -m gpu)" 180 pytest.log \
     "$PY" -m pytest -q -p no:cacheprovider -m gpu tests/test_gpu_inference.py tests/train
-  phase "inference: BEATs-base, Dasheng-base, cmu-aist-icme2025 in fp16" 170 infer.jsonl \
+  phase "inference: BEATs-base, Dasheng-base, cmu-aist-icme2025 in fp16" 160 infer.jsonl \
     "$PY" benchmarks/gpu_bench.py infer --dtype float16 --batch 1 8 --repeats 5 --work "$OUT/ckpt" \
       --model openbeats-base-i1 dasheng-base cmu-aist-icme2025
-  phase "pre-training step: beats_base, beats_large in bf16" 100 pretrain.jsonl \
+  phase "pre-training step: beats_base, beats_large in bf16" 90 pretrain.jsonl \
     "$PY" benchmarks/gpu_bench.py pretrain --recipe beats_base beats_large_speech_heavy --batch 32 96 --steps 4
-  phase "attention: SDPA vs hand-written, fp16" 50 attention.log \
+  phase "attention: SDPA vs hand-written, fp16" 45 attention.log \
     "$PY" benchmarks/attention.py --device cuda --dtype float16 --batches 8 --rounds 2 --repeats 3
 fi
 
