@@ -183,3 +183,38 @@ def test_bench_rejects_cuda_without_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="no CUDA device"):
         bench_encoder(str(DASHENG), device="cuda", repeats=1)
+
+
+# -------------------------------------------------------------------------------------------------
+# attention: every layer goes through SDPA, with masks the fused GPU kernels accept
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_goes_through_sdpa_with_kernel_friendly_masks(dtype, clip, monkeypatch):
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(q, k, v, attn_mask=None, **kw):
+        calls.append((q.shape, q.dtype, attn_mask))
+        return sdpa(q, k, v, attn_mask=attn_mask, **kw)
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", spy)
+    lengths = torch.tensor([clip.shape[1], clip.shape[1] // 2])
+    beats = harmonia.load_encoder(BEATS, dtype=dtype)
+    beats.encode(clip, lengths)
+    assert len(calls) == beats.model.cfg.encoder_layers
+    for (B, H, N, _), q_dtype, mask in calls:
+        # the gated relative-position bias + key padding as ONE additive mask: (B, H, N, N), the query
+        # dtype, dense rows whose length is a multiple of 8 (16-byte aligned in half precision)
+        assert mask.shape == (B, H, N, N) and mask.dtype == q_dtype == dtype
+        assert mask.is_contiguous() and N % 8 == 0
+        assert torch.isinf(mask[1, :, :, -1]).all() and not torch.isinf(mask[0]).any()
+    calls.clear()
+    dasheng = harmonia.load_encoder(DASHENG, dtype=dtype)
+    dasheng.encode(clip, lengths)
+    assert len(calls) == dasheng.model.cfg.depth
+    for (B, _H, N, _), _, mask in calls:
+        assert mask.dtype == torch.bool and mask.shape == (B, 1, 1, N)  # key padding, broadcast over heads
+    calls.clear()
+    dasheng.encode(clip)  # no padding: no mask at all, so flash attention can apply on a GPU
+    assert calls and all(mask is None for *_, mask in calls)
