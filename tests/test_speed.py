@@ -179,6 +179,16 @@ def test_bench_reports_throughput_memory_and_options():
     assert "peak_gpu_mb" not in r
 
 
+def test_bench_cli_takes_the_speed_options(capsys):
+    import json
+
+    from harmonia.cli import main
+
+    assert main(["bench", "--model", str(DASHENG), "--seconds", "1", "--repeats", "1", "--quantize", "int8"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["quantize"] == "int8" and r["compile"] is False and r["real_time_factor"] > 0
+
+
 def test_bench_rejects_cuda_without_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError, match="no CUDA device"):
