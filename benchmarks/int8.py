@@ -10,6 +10,11 @@ and for the fixture checkpoints in tests/fixtures (small models in the released 
 
     python benchmarks/int8.py --batches 1 8 --rounds 3
     python benchmarks/int8.py --fidelity-only
+    python benchmarks/int8.py --demo demo-out      # + xares-mode scores on the demo's tasks and models
+
+`--demo DIR` (the output folder of `harmonia demo`) also scores the demo's pre-trained models in
+float32 and int8 on its seven tasks in `xares` mode (one seed; the MLP track's training order is
+unseeded in that mode, so its differences include run-to-run noise; the kNN track is deterministic).
 """
 
 from __future__ import annotations
@@ -49,6 +54,31 @@ def cosines(a: torch.Tensor, b: torch.Tensor) -> dict:
             "rel_err": round(float((a - b).norm() / a.norm()), 5)}
 
 
+def demo_scores(demo: Path, work: Path, models: list[str], test_size: int) -> list[dict]:
+    """Weighted MLP and kNN scores (and per task) of each demo model in float32 and int8, xares mode."""
+    from harmonia.demo.tasks import demo_tasks
+    from harmonia.eval.runner import evaluate
+
+    rows = []
+    for name in models:
+        row = {"model": f"demo {name}"}
+        for q in (None, "int8"):
+            enc = harmonia.load_encoder(demo / "models" / name / "model", quantize=q)
+            res = evaluate(enc, demo_tasks(test_size), demo / "tasks", work / f"{name}-{q}", mode="xares", seeds=1,
+                           cache_dir=work / "cache", model_name=f"{name}-{q or 'fp32'}", progress=False,
+                           write_reports=False)
+            row[q or "fp32"] = {"mlp": res["summary"]["mlp_all"], "knn": res["summary"]["knn_all"],
+                                "tasks": {t: [e.get(k, {}).get("mean") if e.get(k) else None for k in ("mlp", "knn")]
+                                          for t, e in res["tasks"].items()}}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    print("\n| demo model (xares mode, 1 seed) | MLP fp32 | MLP int8 | kNN fp32 | kNN int8 |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['model']} | {r['fp32']['mlp']:.3f} | {r['int8']['mlp']:.3f} | {r['fp32']['knn']:.3f} | "
+              f"{r['int8']['knn']:.3f} |")
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="+", choices=sorted(MODELS), default=sorted(MODELS))
@@ -58,8 +88,17 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--fidelity-only", action="store_true")
+    p.add_argument("--demo", type=Path, help="a `harmonia demo` output folder: also compare xares-mode scores")
+    p.add_argument("--demo-models", nargs="+", default=["beats_speech_heavy", "dasheng_mae"])
+    p.add_argument("--demo-test-size", type=int, default=48, help="test clips per task (48 quick, 120 full)")
+    p.add_argument("--demo-only", action="store_true")
+    p.add_argument("--work", type=Path, default=Path("/tmp/harmonia-int8-bench"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.demo:
+        demo_scores(a.demo, a.work, a.demo_models, a.demo_test_size)
+        if a.demo_only:
+            return
     clip = real_clip(a.seconds)
     rows = []
     for label, path in FIXTURES.items():
