@@ -39,9 +39,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.set_defaults(func=cmd_bench)
     p.add_argument("--quantize", choices=["int8"], default=None, help="CPU only: dynamic int8 linear layers")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
-    p.set_defaults(func=cmd_bench)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
