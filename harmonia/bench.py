@@ -82,22 +82,19 @@ def random_encoder(name: str, seed: int = 0):
     """The architecture of a registry entry (e.g. "dasheng-base", "openbeats-large-i1",
     "cmu-aist-icme2025") with random float32 weights on the CPU, built without any download: the
     workload of benchmarks, never a model to use."""
-    from harmonia.encoders.beats import BeatsEncoder
-    from harmonia.encoders.dasheng import DashengEncoder
-    from harmonia.ensemble import EnsembleEncoder, with_options
-    from harmonia.models.beats import BeatsConfig, BeatsModel
-    from harmonia.models.dasheng import Dasheng, DashengConfig
     from harmonia.registry import get_entry
 
-    entry = get_entry(name)
+    meta = get_entry(name).build_meta()  # the entry's encoder(s) on the meta device: configs and options
     torch.manual_seed(seed)
-    if entry.family == "ensemble":
-        per_member = entry.member_options or tuple({} for _ in entry.members)
-        members = [with_options(random_encoder(m, seed + i), **o)
-                   for i, (m, o) in enumerate(zip(entry.members, per_member))]
-        return EnsembleEncoder(members, names=list(entry.members), **entry.options)
-    if entry.family == "beats":
-        return BeatsEncoder(BeatsModel(BeatsConfig(**entry.architecture)), **entry.options)
-    if entry.family == "dasheng":
-        return DashengEncoder(Dasheng(DashengConfig(**entry.architecture)), **entry.options)
-    raise ValueError(f"registry entry {name}: unknown family {entry.family!r}")
+    return _materialize(meta)
+
+
+def _materialize(encoder):
+    """Rebuild a (meta-device) encoder from its config with each module's own random init."""
+    from harmonia.ensemble import EnsembleEncoder
+
+    if isinstance(encoder, EnsembleEncoder):
+        return EnsembleEncoder([_materialize(m) for m in encoder.members], align=encoder.align,
+                               reference=encoder.reference, fuse=encoder.fuse, names=encoder.names)
+    model = type(encoder.model)(encoder.model.cfg)
+    return type(encoder)(model, **encoder.export_config()["options"])
