@@ -32,8 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import harmonia  # noqa: E402
-from harmonia.accel import quantize_int8  # noqa: E402
 from harmonia.bench import encode_times, random_encoder  # noqa: E402
+from harmonia.encoders.accel import quantize_int8  # noqa: E402
 
 MODELS = {"beats-base": "openbeats-base-i1", "dasheng-base": "dasheng-base"}
 FIXTURES = {"beats fixture (ms iter3 small)": ROOT / "tests/fixtures/beats/beats_ms_iter3_small.pt",

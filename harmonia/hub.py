@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from types import ModuleType
 
-from harmonia import accel
 from harmonia.encoder import AudioEncoder
+from harmonia.encoders import accel
 from harmonia.io import (
     CheckpointError,
     parse_dtype,
@@ -121,7 +121,7 @@ def load_encoder(source: str | os.PathLike, quantize: str | None = None, compile
     """Build an encoder from a registry name, a local checkpoint file or directory in any supported
     format, or a Hugging Face repo id. Options are passed to the family's encoder (e.g. `layout`,
     `layer`, `chunk_seconds`, `dtype`, `device`). `quantize="int8"` (CPU) and `compile=True` are
-    opt-in speed options (`harmonia.accel`)."""
+    opt-in speed options (`harmonia.encoders.accel`)."""
     accel.check_options(quantize, compile, options.get("device"), options.get("dtype"))
     return accel.accelerate(_load_encoder(source, **options), quantize=quantize, compile=compile)
 

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 import harmonia
-from harmonia.accel import Int8Linear
 from harmonia.bench import bench_encoder
+from harmonia.encoders.accel import Int8Linear
 
 FIX = Path(__file__).parent / "fixtures"
 BEATS = FIX / "beats" / "beats_ms_iter3_small.pt"
