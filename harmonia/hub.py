@@ -17,8 +17,8 @@ import os
 from pathlib import Path
 from types import ModuleType
 
+import harmonia.encoders.accel as accel
 from harmonia.encoder import AudioEncoder
-from harmonia.encoders import accel
 from harmonia.io import (
     CheckpointError,
     parse_dtype,
