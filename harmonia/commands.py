@@ -44,6 +44,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--threads", type=positive_int, default=None)
     p.set_defaults(func=cmd_bench)
+    p.add_argument("--quantize", choices=["int8"], default=None, help="CPU only: dynamic int8 linear layers")
+    p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -228,5 +230,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from harmonia.bench import bench_encoder
 
     print(json.dumps(bench_encoder(args.model, seconds=args.seconds, batch=args.batch, repeats=args.repeats,
-                                   dtype=args.dtype, device=args.device, threads=args.threads)))
+                                   dtype=args.dtype, device=args.device, threads=args.threads,
+                                   quantize=args.quantize, compile=args.compile)))
     return 0

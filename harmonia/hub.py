@@ -23,6 +23,7 @@ from typing import Any
 
 from torch import Tensor
 
+import harmonia.encoders.accel as accel
 from harmonia.encoder import AudioEncoder
 from harmonia.encoders import beats, dasheng
 from harmonia.encoders.beats import BeatsEncoder, espnet_beats_config, find_espnet_yaml
@@ -426,10 +427,17 @@ def list_encoders() -> list[str]:
     return sorted(REGISTRY)
 
 
-def load_encoder(source: str | os.PathLike, **options) -> AudioEncoder:
+def load_encoder(source: str | os.PathLike, quantize: str | None = None, compile: bool = False,
+                 **options) -> AudioEncoder:
     """Build an encoder from a registry name, a local checkpoint file or directory in any supported
     format, or a Hugging Face repo id. Options are passed to the family's encoder (e.g. `layout`,
-    `layer`, `chunk_seconds`, `dtype`, `device`)."""
+    `layer`, `chunk_seconds`, `dtype`, `device`). `quantize="int8"` (CPU) and `compile=True` are
+    opt-in speed options (`harmonia.encoders.accel`)."""
+    accel.check_options(quantize, compile, options.get("device"), options.get("dtype"))
+    return accel.accelerate(_load_encoder(source, **options), quantize=quantize, compile=compile)
+
+
+def _load_encoder(source: str | os.PathLike, **options) -> AudioEncoder:
     if isinstance(source, (str, os.PathLike)) and Path(source).exists():
         return load_local(source, **options)
     source = str(source)
