@@ -118,8 +118,7 @@ def report_failures(failures: list[tuple[str, str]], what: str, where: str = "")
     """The summary at the end of a batch command (stderr): count, then one line per failed item."""
     if not failures:
         return
-    print(f"{len(failures)} {what}" + (f" ({where})" if where else "")
-          + f" [exit status {EXIT_PARTIAL} unless --allow-partial]:", file=sys.stderr)
+    print(f"{len(failures)} {what}" + (f" ({where})" if where else "") + ":", file=sys.stderr)
     for item, why in failures:
         print(f"  {one_line(item)}: {' '.join(why.split())}", file=sys.stderr)
 
@@ -132,7 +131,10 @@ def one_line(name: str) -> str:
 
 def partial_exit(failed: int, args: argparse.Namespace) -> int:
     """Exit code of a batch command that finished with `failed` failed items."""
-    return EXIT_PARTIAL if failed and not getattr(args, "allow_partial", False) else 0
+    if failed and not getattr(args, "allow_partial", False):
+        print(f"exit status {EXIT_PARTIAL}: pass --allow-partial to accept a partial result", file=sys.stderr)
+        return EXIT_PARTIAL
+    return 0
 
 
 # -------------------------------------------------------------------------------------------------

@@ -22,9 +22,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
+import re
 import secrets
+import socket
 import time
 import types
 import typing
@@ -138,13 +141,27 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], state: Mapping[str, t
 # atomic writes
 
 _TMP_MARK = ".harmonia-tmp-"
+# The whole temp name: "." + (a prefix of) the target's name + mark + host tag + pid + random tag.
+_TMP_RE = re.compile(r"^\..*\.harmonia-tmp-(?P<host>[0-9a-f]{6})-(?P<pid>\d+)-[0-9a-f]{8}$", re.DOTALL)
+_NAME_MAX = 255  # bytes in one path component on every file system we write to
 
 
-def _temp_name(target: Path) -> Path:
-    # Unique per process *and* call, so concurrent writers of one target never share a temp file.
-    # Hidden (leading dot) so that globbing readers never pick it up; the pid lets a later run tell
-    # whether its writer is still alive.
-    return target.with_name(f".{target.name}{_TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}")
+def _host_tag() -> str:
+    # A live writer on another host of a shared file system is not a dead local pid.
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:6]
+
+
+def temp_name(target: str | os.PathLike, pid: int | None = None) -> Path:
+    # Unique per host, process *and* call, so concurrent writers of one target never share a temp
+    # file. Hidden (leading dot) so that globbing readers never pick it up; the host and pid let a
+    # later run tell whether its writer is still alive. The target's name is cut (at a character
+    # boundary) so that the temp name fits in one path component even when the target's name does.
+    # `pid` other than our own only names another writer's temp (tests of the cleanup use it).
+    target = Path(target)
+    suffix = f"{_TMP_MARK}{_host_tag()}-{os.getpid() if pid is None else pid}-{secrets.token_hex(4)}"
+    room = _NAME_MAX - 1 - len(suffix.encode())
+    stem = target.name.encode()[:room].decode(errors="ignore")
+    return target.with_name(f".{stem}{suffix}")
 
 
 @contextlib.contextmanager
@@ -152,7 +169,7 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a unique temp path beside `target`; on success it is renamed onto `target`, on any
     failure it is deleted. Use when a library writes the file itself (e.g. `torch.save(obj, tmp)`)."""
     target = Path(target)
-    tmp = _temp_name(target)
+    tmp = temp_name(target)
     try:
         yield tmp
         os.replace(tmp, target)
@@ -195,23 +212,27 @@ def _pid_alive(pid: int) -> bool:
 
 def remove_stale_temps(directory: str | os.PathLike, min_age_s: float = 0.0) -> list[Path]:
     """Delete temp files that `atomic_path` left in `directory` (not recursive) when their writer was
-    killed: those whose process no longer runs (or, for another host's pid, older than a day).
-    Returns the paths removed."""
+    killed: names of exactly the temp shape whose writer was this host's and no longer runs (another
+    host's temps only when older than a day). Returns the paths removed."""
     directory = Path(directory)
     removed = []
     if not directory.is_dir():
         return removed
-    now = time.time()
+    now, host = time.time(), _host_tag()
     for p in directory.iterdir():
-        name = p.name
-        if _TMP_MARK not in name or not p.is_file():
+        m = _TMP_RE.match(p.name)
+        if m is None or not p.is_file() or p.is_symlink():
             continue
         try:
-            pid = int(name.rsplit(_TMP_MARK, 1)[1].split("-")[0])
             age = now - p.stat().st_mtime
-        except (ValueError, OSError):
+        except OSError:
             continue
-        if age < min_age_s or (pid == os.getpid()) or (_pid_alive(pid) and age < 86400):
+        pid = int(m["pid"])
+        if m["host"] == host:
+            stale = pid != os.getpid() and not _pid_alive(pid)
+        else:
+            stale = age >= 86400
+        if age < min_age_s or not stale:
             continue
         with contextlib.suppress(FileNotFoundError):
             p.unlink()

@@ -15,6 +15,7 @@ import torch
 
 from harmonia import load_audio, load_encoder
 from harmonia.cli import main
+from harmonia.io import temp_name
 
 FIX = Path(__file__).parent / "fixtures"
 MS = FIX / "beats" / "beats_ms_iter3_small.pt"
@@ -163,7 +164,7 @@ def test_stale_temp_of_a_dead_writer_is_removed_by_the_next_run(tmp_path):
     out.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True).stdout.strip()
-    stale = out / f".example.npy.harmonia-tmp-{dead}-0badc0de"
+    stale = temp_name(out / "example.npy", pid=int(dead))
     stale.write_bytes(b"half an array")
     unrelated = out / "notes.txt"
     unrelated.write_text("keep me")

@@ -22,6 +22,7 @@ from harmonia.io import (
     read_safetensors,
     remove_stale_temps,
     safetensors_metadata,
+    temp_name,
     torch_load,
     write_safetensors,
 )
@@ -216,11 +217,36 @@ def test_atomic_path_is_unique_per_call(tmp_path):
 def test_remove_stale_temps_removes_only_dead_writers(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid = int(dead.stdout)
-    stale = tmp_path / f".x.npy.harmonia-tmp-{dead_pid}-abcd1234"
-    live = tmp_path / f".y.npy.harmonia-tmp-{os.getppid()}-abcd1234"
-    mine = tmp_path / f".z.npy.harmonia-tmp-{os.getpid()}-abcd1234"
+    stale = temp_name(tmp_path / "x.npy", pid=dead_pid)
+    live = temp_name(tmp_path / "y.npy", pid=os.getppid())
+    mine = temp_name(tmp_path / "z.npy")
     other = tmp_path / "keep.npy"
     for p in (stale, live, mine, other):
         p.write_text("")
     assert remove_stale_temps(tmp_path) == [stale]
     assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in (live, mine, other))
+
+
+def test_temp_name_of_a_maximal_target_name_fits_one_path_component(tmp_path):
+    target = tmp_path / ("é" * 120 + ".npy")  # 244 bytes: a valid name that a naive temp suffix overflows
+    with atomic_write(target, "wb") as f:
+        f.write(b"x")
+    assert target.read_bytes() == b"x" and os.listdir(tmp_path) == [target.name]
+    assert len(temp_name(target).name.encode()) <= 255
+
+
+def test_remove_stale_temps_leaves_user_files_that_only_look_like_temps(tmp_path):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = temp_name(tmp_path / "x.npy", pid=int(dead.stdout))
+    lookalikes = [tmp_path / f"results.harmonia-tmp-{int(dead.stdout)}-final.npy",  # a user's finished output
+                  tmp_path / f".notes.harmonia-tmp-{int(dead.stdout)}-abcd1234"]    # old shape, no host tag
+    for p in (stale, *lookalikes):
+        p.write_text("")
+    assert remove_stale_temps(tmp_path) == [stale]
+    assert all(p.exists() for p in lookalikes)
+
+
+def test_remove_stale_temps_keeps_another_hosts_fresh_temp(tmp_path):
+    theirs = tmp_path / ".x.npy.harmonia-tmp-000000-1-abcd1234"  # another host's live writer (pid 1 there)
+    theirs.write_text("")
+    assert remove_stale_temps(tmp_path) == [] and theirs.exists()

@@ -6,6 +6,7 @@ import pytest
 
 from harmonia.data.manifest import ManifestError, Source, read_manifest, scan_sources
 from harmonia.data.mixture import HoursScheduler, MixtureError, parse_ratio, plan_mixture
+from harmonia.io import temp_name
 from tests.data.conftest import POOL, sources
 
 
@@ -203,7 +204,7 @@ def test_manifest_write_is_atomic_and_cleans_temps_of_a_dead_writer(tmp_path, mo
     out_dir.mkdir()
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True).stdout.strip()
-    stale = out_dir / f".m.jsonl.harmonia-tmp-{dead}-00ff00ff"
+    stale = temp_name(out_dir / "m.jsonl", pid=dead)
     stale.write_text("half a manifest")
     argv = ["data", "manifest", "--quiet", "--source", f"sound/x={src}", "-o", str(out_dir / "m.jsonl")]
 

@@ -12,6 +12,7 @@ from harmonia.data.loader import MixtureLoader, build_loader, stream_hours
 from harmonia.data.manifest import ManifestError, Source, scan_sources
 from harmonia.data.mixture import plan_mixture
 from harmonia.data.shards import plan_shards, write_shards
+from harmonia.io import temp_name
 from tests.data.conftest import POOL, sources
 
 
@@ -72,7 +73,7 @@ def test_shards_deterministic_resumable_and_report_failures(manifest, tmp_path):
     failing = {a / p for p in _shards_with_failures(a)}
     victim = next(a / t for t in tars[1:] if a / t not in failing)
     victim.unlink()
-    stale = victim.parent / f".{victim.name}.harmonia-tmp-{_dead_pid()}-0123abcd"
+    stale = temp_name(victim, pid=_dead_pid())
     stale.write_bytes(b"partial")
     before = {t: (a / t).stat().st_mtime_ns for t in tars if a / t not in failing | {victim}}
     write_shards(entries, a, shard_seconds=6.0, progress=False)

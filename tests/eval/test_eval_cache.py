@@ -13,6 +13,7 @@ from conftest import TONE_TASK, tone, write_shard
 from harmonia.eval.embed import CacheWarning, EmbeddingCache, encoder_fingerprint
 from harmonia.eval.readers import DatasetMissingError, ShardError, iter_tar_members, split_member_name
 from harmonia.eval.tasks import BUILTIN_TASKS, Task
+from harmonia.io import temp_name
 
 CROP_TASK = Task("crops", "Crops", "sound", label_key="label", train_split="c_train", valid_split="c_train",
                  test_split="c_train", crop_length=0.1, encode_batch_size=4)
@@ -230,7 +231,7 @@ def test_the_package_never_unpickles_with_weights_only_false():
 def test_temp_files_of_a_killed_writer_are_removed_on_resume(data_root, tmp_path):
     cache, _ = _encoded(tmp_path, data_root)
     pdir = cache.task_dir(TONE_TASK) / "tones_train"
-    stale = pdir / ".chunk-00002.safetensors.harmonia-tmp-999999999-abcd"  # pid 999999999 does not run
+    stale = temp_name(pdir / "chunk-00002.safetensors", pid=999999999)  # pid 999999999 does not run
     stale.write_bytes(b"half a chunk")
     cache.embed_task(TONE_TASK, data_root)
     assert not stale.exists()

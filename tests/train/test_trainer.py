@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from harmonia.io import CheckpointError
+from harmonia.io import CheckpointError, temp_name
 from harmonia.models.dasheng import DashengConfig
 from harmonia.train.checkpoint import list_checkpoints, load_checkpoint
 from harmonia.train.config import ConfigError
@@ -153,7 +153,7 @@ def test_damaged_latest_checkpoint_falls_back_to_the_newest_intact_one(tiny_shar
     data = latest.read_bytes()
     latest.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"")
     # a temp file of a killed writer (pid that cannot exist) is cleaned up on start
-    stale = latest.with_name(".ckpt-00000006.pt.harmonia-tmp-999999999-abcd")
+    stale = temp_name(latest.with_name("ckpt-00000006.pt"), pid=999999999)
     stale.write_bytes(b"partial")
     with pytest.warns(UserWarning, match=r"skipping damaged checkpoint .*ckpt-00000004\.pt"):
         pretrain(tiny_config(tiny_shards, out, **{"run.max_steps": "6", "run.keep_last": "3"}))
