@@ -23,11 +23,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import secrets
 import time
 import types
 import typing
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -94,6 +96,10 @@ def _matches(value: object, hint: object) -> bool:
             return False
         return not args or all(_matches(k, args[0]) and _matches(v, args[1]) for k, v in value.items())
     return isinstance(value, origin or hint)
+
+
+def _whole(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
 
 
 def _type_name(hint: object) -> str:
@@ -256,8 +262,9 @@ _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch
 _MAX_HEADER = 100 * 2**20  # the safetensors format itself caps the JSON header at 100 MB
 
 
-def _safetensors_header(path: Path, f, size: int) -> tuple[dict, int]:
-    """Parse and validate the header: every failure is a CheckpointError naming the file."""
+def _safetensors_header(path: Path, f, size: int) -> tuple[dict, int, dict[str, str]]:
+    """Parse and validate the header: (tensor entries, offset of the data, metadata). Every failure
+    is a CheckpointError naming the file."""
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{path}: not a valid safetensors file ({what}); the file is corrupt or "
                                "truncated: write or download it again")
@@ -267,31 +274,49 @@ def _safetensors_header(path: Path, f, size: int) -> tuple[dict, int]:
     header_len = int.from_bytes(f.read(8), "little")
     if header_len > min(_MAX_HEADER, size - 8):
         raise bad(f"header length {header_len} exceeds the file ({size} bytes)")
+
+    def unique(pairs: list) -> dict:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            raise bad(f"keys {sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)} appear more "
+                      "than once in one object of the header")
+        return out
+
     try:
-        header = json.loads(f.read(header_len))
+        header = json.loads(f.read(header_len), object_pairs_hook=unique)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise bad(f"header is not JSON: {e}") from None
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
-    header.pop("__metadata__", None)
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise bad(f"__metadata__ must be an object of strings, found {meta!r}"[:300])
     base = 8 + header_len
+    spans = []
     for name, info in header.items():
         try:
             dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            start, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
+            shape, offsets = list(info["shape"]), list(info["data_offsets"])
+        except (KeyError, TypeError):
             raise bad(f"tensor {name!r}: unsupported dtype or malformed entry {info!r}") from None
-        numel = 1
-        for s in shape:
-            if s < 0:
-                raise bad(f"tensor {name!r}: negative dimension in shape {shape}")
-            numel *= s
-        if not 0 <= start <= end or end - start != numel * dtype.itemsize:
+        if not all(_whole(v) and v >= 0 for v in shape + offsets) or len(offsets) != 2:
+            raise bad(f"tensor {name!r}: shape {shape} and data_offsets {offsets} must be whole numbers >= 0")
+        start, end = offsets
+        if start > end or end - start != math.prod(shape) * dtype.itemsize:
             raise bad(f"tensor {name!r}: data offsets {start}..{end} do not fit shape {shape} of {info['dtype']}")
         if base + end > size:
             raise bad(f"tensor {name!r} ends at byte {base + end} but the file has {size} bytes")
-    return header, base
+        spans.append((start, end, name))
+    # the tensors tile the data buffer exactly: no overlap (two names sharing bytes), no gap, nothing after
+    position = 0
+    for start, end, name in sorted(spans):
+        if start != position:
+            raise bad(f"tensor {name!r} starts at data offset {start}, expected {position} (tensors overlap or "
+                      "leave a gap)")
+        position = end
+    if base + position != size:
+        raise bad(f"the tensors end at byte {base + position} but the file has {size} bytes")
+    return header, base, meta or {}
 
 
 def read_safetensors(path: str | os.PathLike, dtype: str | torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -309,7 +334,7 @@ def read_safetensors(path: str | os.PathLike, dtype: str | torch.dtype | None = 
         raise CheckpointError(f"{path}: no such safetensors file")
     size = path.stat().st_size
     with open(path, "rb") as f:
-        header, base = _safetensors_header(path, f, size)
+        header, base, _ = _safetensors_header(path, f, size)
         storage = None
         out = {}
         for name, info in header.items():
@@ -331,20 +356,12 @@ def read_safetensors(path: str | os.PathLike, dtype: str | torch.dtype | None = 
 
 
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The `__metadata__` dict of a safetensors file (empty when absent)."""
+    """The `__metadata__` dict of a safetensors file (empty when absent); the header is validated."""
     path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such safetensors file")
     with open(path, "rb") as f:
-        size = path.stat().st_size
-        if size < 8:
-            raise CheckpointError(f"{path}: not a valid safetensors file ({size} bytes)")
-        n = int.from_bytes(f.read(8), "little")
-        if n > min(_MAX_HEADER, size - 8):
-            raise CheckpointError(f"{path}: not a valid safetensors file (header length {n})")
-        try:
-            meta = json.loads(f.read(n)).get("__metadata__") or {}
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-            raise CheckpointError(f"{path}: not a valid safetensors header ({e})") from None
-    return meta
+        return _safetensors_header(path, f, path.stat().st_size)[2]
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,
