@@ -38,11 +38,13 @@ every clip protocol uses); frame tasks store the frames.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -56,6 +58,12 @@ from harmonia.audio import AudioError, pad_batch
 from harmonia.encoder import AudioEncoder
 from harmonia.eval.readers import ShardScan, find_shards, read_audio_shard
 from harmonia.eval.tasks import EvalDataError, Task
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (one evaluation per cache at a time)
+    fcntl = None
+
 from harmonia.io import (
     CheckpointError,
     read_safetensors,
@@ -346,6 +354,28 @@ def load_partition(pdir: Path) -> Embeddings:
     return out
 
 
+@contextlib.contextmanager
+def partition_lock(pdir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on one partition of the cache for its whole resume / encode / load, so
+    that evaluations sharing a cache (two `harmonia evaluate` runs, parallel jobs) never write the
+    same files: the second waits, then reads what the first encoded."""
+    pdir.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(pdir.parent / f".{pdir.name}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[harmonia evaluate] {pdir} is being encoded by another process; waiting for it",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _reset(pdir: Path) -> None:
     shutil.rmtree(pdir, ignore_errors=True)
     pdir.mkdir(parents=True)
@@ -392,16 +422,18 @@ class EmbeddingCache:
     def embed_partition(self, task: Task, shards: list[Path], pdir: Path) -> Embeddings:
         """One partition: resume (or start), encode what is missing, load and verify. A corrupt
         cache file is named in a CacheWarning and the partition is encoded from scratch, once (a
-        second failure, right after a fresh encoding, raises)."""
+        second failure, right after a fresh encoding, raises). Another process encoding the same
+        partition is waited for (`partition_lock`)."""
         sigs = [_shard_sig(p) for p in shards]
-        try:
-            return self._resume_encode_load(task, shards, pdir, sigs)
-        except CacheCorruptError as e:
-            warnings.warn(f"{e}; encoding {pdir} again", CacheWarning, stacklevel=2)
-            _reset(pdir)
-            emb = self._resume_encode_load(task, shards, pdir, sigs)
-            emb.repaired = [str(e)]
-            return emb
+        with partition_lock(pdir):
+            try:
+                return self._resume_encode_load(task, shards, pdir, sigs)
+            except CacheCorruptError as e:
+                warnings.warn(f"{e}; encoding {pdir} again", CacheWarning, stacklevel=2)
+                _reset(pdir)
+                emb = self._resume_encode_load(task, shards, pdir, sigs)
+                emb.repaired = [str(e)]
+                return emb
 
     def _resume_encode_load(self, task: Task, shards: list[Path], pdir: Path, sigs: list) -> Embeddings:
         state = self._resume(pdir, sigs)
