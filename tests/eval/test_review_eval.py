@@ -3,13 +3,16 @@ task modules, corrupt run directories."""
 
 from __future__ import annotations
 
+import json
 import threading
 
+import pytest
 import torch
 from conftest import TONE_TASK
 from eval_test_encoder import BandEnergyEncoder
 
 from harmonia.eval.embed import EmbeddingCache
+from harmonia.eval.tasks import TaskError, load_task_file, resolve_tasks
 
 
 class _GatedEncoder(BandEnergyEncoder):
@@ -56,3 +59,66 @@ def test_two_evaluations_sharing_a_cache_do_not_encode_the_same_partition_at_onc
     for part, emb in results["first"].items():
         assert emb.keys == results["second"][part].keys
         assert torch.equal(emb.pooled, results["second"][part].pooled)
+
+
+# --------------------------------------------------------------------------------------------------
+# crafted task files
+
+
+def _task_module(tmp_path, name: str, body: str):
+    path = tmp_path / f"{name}_task.py"
+    path.write_text("from xares.task import TaskConfig\n\n\n" + body)
+    return path
+
+
+@pytest.mark.parametrize("body, complaint", [
+    ("raise SystemExit(0)\n", "SystemExit"),  # before: the whole evaluation exited 0, silently
+    ("import sys\n\ndef x_config(encoder):\n    sys.exit(3)\n", "SystemExit"),
+])
+def test_a_task_module_that_exits_is_a_bad_task_file_not_the_end_of_the_run(tmp_path, body, complaint):
+    path = _task_module(tmp_path, "x", body)
+    with pytest.raises(TaskError, match=complaint) as e:
+        load_task_file(path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("setup, field", [
+    ("metric_args=None", "metric_args"),  # before: AttributeError without the file
+    ("task_type=['clip']", "task_type"),  # before: TypeError (unhashable list) without the file
+])
+def test_a_task_config_field_of_the_wrong_type_names_the_file(tmp_path, setup, field):
+    path = _task_module(tmp_path, "x", f"def x_config(encoder):\n    return TaskConfig(name='x', output_dim=2, "
+                                       f"label_processor=lambda j: 0, {setup})\n")
+    with pytest.raises(TaskError, match="wrong type") as e:
+        load_task_file(path)
+    assert str(path) in str(e.value)
+
+
+def test_a_tar_name_mapping_of_the_wrong_type_names_the_file(tmp_path):
+    path = _task_module(tmp_path, "x", "def x_config(encoder):\n    c = TaskConfig(name='x', output_dim=2, "
+                                       "label_processor=lambda j: 0)\n    c.audio_tar_name_of_split = ['a', 'b']\n"
+                                       "    return c\n")
+    with pytest.raises(TaskError, match="wrong type") as e:
+        load_task_file(path)
+    assert str(path) in str(e.value)
+
+
+def test_a_task_file_whose_name_contains_a_comma_is_one_task_file(tmp_path):
+    path = tmp_path / "birds,v2.json"
+    path.write_text(json.dumps({"name": "birds", "label_key": "species", "weight": 10}))
+    assert [t.name for t in resolve_tasks([str(path)])] == ["birds"]
+    assert [t.name for t in resolve_tasks(["esc50,cremad"])] == ["esc50", "cremad"]  # lists still split
+
+
+@pytest.mark.parametrize("field, value", [
+    ("crop_length", 1e300), ("segment_length_s", 1e9), ("label_duration_s", 86400 * 365),
+    ("num_classes", 10**12), ("epochs", 10**12), ("encode_batch_size", 10**9), ("batch_size", 10**9),
+    ("learning_rate", 1e300), ("pos_weight", 1e300),
+])
+def test_absurdly_large_task_values_are_refused_naming_the_field(tmp_path, field, value):
+    spec = {"name": "big", "label_key": "l", field: value}
+    path = tmp_path / "big.json"
+    path.write_text(json.dumps(spec))
+    with pytest.raises(TaskError, match=f"`{field}` must be") as e:
+        load_task_file(path)
+    assert str(path) in str(e.value)
