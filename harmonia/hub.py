@@ -12,6 +12,7 @@ Ensembles are built here, since their members are loaded like any other source.
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import json
 import os
@@ -229,8 +230,26 @@ def write_linked_ensemble(out_dir: str | os.PathLike, members: Sequence[str], na
     return out
 
 
+# the linked ensembles being loaded (outermost first): a member leading back to one of them is a loop
+_LINKED_STACK: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("linked_stack", default=())
+
+
 def _load_linked_ensemble(path: Path, **options: Any) -> EnsembleEncoder:
     cfg_file = path / "config.json"
+    stack = _LINKED_STACK.get()
+    if path.resolve() in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path.resolve()))
+        raise CheckpointError(f"{stack[-1] / 'config.json'}: a member leads back to {path.resolve()}, so the linked "
+                              f"ensemble contains itself ({chain}); list member checkpoints in 'members', not "
+                              "the ensemble's own folder")
+    token = _LINKED_STACK.set((*stack, path.resolve()))
+    try:
+        return _build_linked_ensemble(path, cfg_file, **options)
+    finally:
+        _LINKED_STACK.reset(token)
+
+
+def _build_linked_ensemble(path: Path, cfg_file: Path, **options: Any) -> EnsembleEncoder:
     config = _read_config(cfg_file)
     _check_version(config, cfg_file)
     members = config.get("members")

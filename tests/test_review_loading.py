@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 import struct
+from pathlib import Path
 
 import pytest
 import torch
 
+from harmonia.hub import load_encoder, write_linked_ensemble
 from harmonia.io import CheckpointError, read_safetensors, safetensors_metadata
 
 
@@ -60,3 +62,32 @@ def test_a_well_formed_handmade_file_still_reads(tmp_path):
     assert t["a"].tolist() == [1.5, -2.0] and t["b"].tolist() == [7] and t["empty"].numel() == 0
     assert safetensors_metadata(path) == {"k": "v"}
     assert torch.equal(read_safetensors(path, "bf16")["a"], t["a"])
+
+
+# -------------------------------------------------------------------------------------------------
+# linked ensembles
+
+
+DASHENG = Path(__file__).parent / "fixtures" / "dasheng" / "model_a.pt"
+
+
+@pytest.mark.parametrize("links", [
+    {"self": ["."]},  # an ensemble listing its own folder
+    {"a": ["../b"], "b": ["../a"]},  # two ensembles listing each other
+    {"a": [str(DASHENG), "../b"], "b": ["../c"], "c": ["../a"]},  # a longer loop behind a real member
+])
+def test_a_linked_ensemble_that_contains_itself_is_one_clear_error(tmp_path, links):
+    # before: RecursionError (maximum recursion depth exceeded), no file named
+    for name, members in links.items():
+        write_linked_ensemble(tmp_path / name, members)
+    first = tmp_path / next(iter(links))
+    with pytest.raises(CheckpointError, match="contains itself") as e:
+        load_encoder(first)
+    assert str(first.resolve()) in str(e.value)
+
+
+def test_one_member_linked_twice_is_not_a_loop(tmp_path):
+    write_linked_ensemble(tmp_path / "m", [str(DASHENG)])
+    write_linked_ensemble(tmp_path / "e", ["../m", "../m"])
+    enc = load_encoder(tmp_path / "e")
+    assert len(enc.members) == 2
