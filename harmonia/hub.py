@@ -6,7 +6,7 @@ Format detection is delegated to the family modules in `harmonia.encoders`: each
   sniff_file(ckpt: dict, path) -> bool      is this torch.load()-ed object one of mine?
   from_file(ckpt, path, **options)          build the encoder from it
   sniff_dir(path) -> bool / from_dir(path, weights=None, **options)   directory layouts (Hugging Face)
-  from_harmonia(config: dict, state, **options)                       harmonia's own format
+  from_harmonia(config: dict, state, source=..., **options)           harmonia's own format
 Ensembles are built here, since their members are loaded like any other source.
 """
 
@@ -169,7 +169,7 @@ def from_config(config: dict[str, Any], state: Mapping[str, Tensor], source: str
     try:
         if family == ENSEMBLE:
             return _ensemble_from_config(config, state, source, **options)
-        return FAMILIES[family].from_harmonia(config, state, **options)
+        return FAMILIES[family].from_harmonia(config, state, source=source, **options)
     except CheckpointError:
         raise
     except ValueError as e:  # a config field of the wrong type or value

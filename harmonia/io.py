@@ -140,6 +140,17 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], state: Mapping[str, t
             "Check that the file is the checkpoint you meant and that its config belongs to it.")
 
 
+def check_layer_count(state: Mapping[str, torch.Tensor], prefix: str, declared: int, source: str, field: str) -> None:
+    """Before building a model: its config's layer count (`field`) equals the numbered `prefix<i>.`
+    blocks of the state dict. Building first would take minutes (or all memory) for a config.json
+    that says 100000 layers, only to report the missing keys afterwards."""
+    found = {k[len(prefix):].partition(".")[0] for k in state if k.startswith(prefix)}
+    layers = sum(i.isdigit() for i in found)
+    if layers != declared:
+        raise CheckpointError(f"{source}: its config says {field}={declared} but the weights hold {layers} layers "
+                              f"({prefix}<i>.*); fix the config or load it with the weights it belongs to")
+
+
 # -------------------------------------------------------------------------------------------------
 # atomic writes
 

@@ -4,14 +4,17 @@ ensembles): each is refused with one CheckpointError naming the file and the fie
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import struct
 from pathlib import Path
 
 import pytest
 import torch
 
-from harmonia.hub import load_encoder, write_linked_ensemble
+from harmonia.hub import load_encoder, save_harmonia, write_linked_ensemble
 from harmonia.io import CheckpointError, read_safetensors, safetensors_metadata
+from harmonia.models.beats import BeatsConfig
 
 
 def _raw_safetensors(path, header: bytes | dict, data: bytes):
@@ -69,6 +72,7 @@ def test_a_well_formed_handmade_file_still_reads(tmp_path):
 
 
 DASHENG = Path(__file__).parent / "fixtures" / "dasheng" / "model_a.pt"
+BEATS = Path(__file__).parent / "fixtures" / "beats" / "beats_ms_iter3_small.pt"
 
 
 @pytest.mark.parametrize("links", [
@@ -91,3 +95,60 @@ def test_one_member_linked_twice_is_not_a_loop(tmp_path):
     write_linked_ensemble(tmp_path / "e", ["../m", "../m"])
     enc = load_encoder(tmp_path / "e")
     assert len(enc.members) == 2
+
+
+# -------------------------------------------------------------------------------------------------
+# config.json values
+
+
+@pytest.fixture(scope="module")
+def harmonia_dasheng(tmp_path_factory):
+    out = tmp_path_factory.mktemp("h")
+    save_harmonia(load_encoder(DASHENG), out)
+    return out
+
+
+def _with_model_field(src, dst, field, value):
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    config["model"][field] = value
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+@pytest.mark.parametrize("field, value, complaint", [
+    ("depth", 100_000, "depth=100000 but the weights hold 3 layers"),  # before: minutes building 100000 blocks
+    ("embed_dim", 10**9, "cannot build"),  # before: raw RuntimeError (storage size overflowed)
+    ("patch_size", [64, 0], "patch_size"),  # before: ZeroDivisionError
+    ("mlp_ratio", float("nan"), "mlp_ratio"),  # before: "cannot convert float NaN to integer"
+    ("top_db", float("nan"), "top_db"),  # before: accepted, NaN embeddings
+    ("top_db", -5.0, "top_db"),
+    ("norm_eps", -1.0, "norm_eps"),
+    ("bn_eps", float("inf"), "bn_eps"),
+])
+def test_absurd_dasheng_config_values_are_refused_naming_the_file(harmonia_dasheng, tmp_path, field, value, complaint):
+    folder = _with_model_field(harmonia_dasheng, tmp_path / "m", field, value)
+    with pytest.raises(CheckpointError, match=re.escape(complaint)) as e:
+        load_encoder(folder)
+    assert str(folder / "config.json") in str(e.value)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("encoder_attention_heads", 0), ("conv_pos_groups", 0),  # before: ZeroDivisionError
+    ("embed_dim", 0), ("encoder_ffn_embed_dim", -1), ("conv_pos", 0),  # before: accepted
+    ("fbank_mean", float("nan")), ("fbank_std", float("inf")),  # before: accepted, NaN/zero features
+])
+def test_absurd_beats_config_values_are_a_value_error_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=f"BeatsConfig.{field}="):
+        BeatsConfig(**{field: value})
+
+
+def test_a_beats_config_json_with_more_layers_than_its_weights_is_refused_before_building(tmp_path):
+    # before: about a minute building 100000 layers on the meta device, then a 100000-key error
+    save_harmonia(load_encoder(BEATS), tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    config["config"]["encoder_layers"] = 100_000
+    (tmp_path / "m" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="encoder_layers=100000 but the weights hold 3 layers") as e:
+        load_encoder(tmp_path / "m")
+    assert str(tmp_path / "m" / "config.json") in str(e.value)

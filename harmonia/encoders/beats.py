@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from harmonia.encoder import AudioEncoder, EncoderOutput, encode_in_chunks
-from harmonia.io import CheckpointError, check_type, parse_dtype
+from harmonia.io import CheckpointError, check_layer_count, check_type, parse_dtype
 from harmonia.layers.frontend import KALDI_SHIFT, KALDI_WINDOW, beats_fbank
 from harmonia.models.beats import (
     BeatsConfig,
@@ -181,8 +181,12 @@ def build_model(cfg: BeatsConfig, state: dict[str, Tensor], source: str, dtype: 
                 device: str | torch.device | None = None) -> BeatsModel:
     """Build on the meta device and adopt the (possibly memory-mapped) tensors: no second copy."""
     cls = BeatsTokenizerModel if isinstance(cfg, TokenizerConfig) else BeatsModel
-    with torch.device("meta"):
-        model = cls(cfg)
+    check_layer_count(state, "encoder.layers.", cfg.encoder_layers, source, "encoder_layers")
+    try:
+        with torch.device("meta"):
+            model = cls(cfg)
+    except RuntimeError as e:  # sizes beyond what torch can address (e.g. encoder_embed_dim=10**9)
+        raise CheckpointError(f"{source}: cannot build {cls.__name__} with this config ({e}); fix the config") from None
     load_state_strict(model, state, source, assign=True)
     # buffers the checkpoint does not hold are rebuilt on the CPU
     model = model.to(device=device or "cpu", dtype=dtype) if (dtype or device) else model
@@ -300,10 +304,11 @@ def from_dir(path: Path, **options: Any) -> BeatsEncoder:
     raise ValueError(f"{path}: not a BEATs checkpoint directory")
 
 
-def from_harmonia(config: dict[str, Any], state: dict[str, Tensor], **options: Any) -> BeatsEncoder:
+def from_harmonia(config: dict[str, Any], state: dict[str, Tensor], source: str = "harmonia checkpoint",
+                  **options: Any) -> BeatsEncoder:
     build, options = _split_options(options)
     cls = TokenizerConfig if config.get("tokenizer") else BeatsConfig
     cfg = cls.from_dict(config["config"])
-    model = build_model(cfg, state, "harmonia checkpoint", **build)
+    model = build_model(cfg, state, source, **build)
     return _encoder(model, {**config.get("options", {}), **options})
 

@@ -219,8 +219,9 @@ def from_dir(path: str | os.PathLike, num_heads: int | None = None, weights: str
     return enc
 
 
-def from_harmonia(config: dict, state: Mapping[str, Tensor], **options) -> DashengEncoder:
+def from_harmonia(config: dict, state: Mapping[str, Tensor], source: str = "harmonia checkpoint",
+                  **options) -> DashengEncoder:
     """harmonia's own format: config.json {'family', 'model', 'options'} + our state dict."""
     cfg = DashengConfig.from_dict(config["model"])
     opts = {**config.get("options", {}), **options}
-    return _make(cfg, state, "harmonia checkpoint", **opts)
+    return _make(cfg, state, source, **opts)
