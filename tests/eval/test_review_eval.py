@@ -12,6 +12,7 @@ from conftest import TONE_TASK
 from eval_test_encoder import BandEnergyEncoder
 
 from harmonia.eval.embed import EmbeddingCache
+from harmonia.eval.report import write_combined, write_run
 from harmonia.eval.tasks import TaskError, load_task_file, resolve_tasks
 
 
@@ -122,3 +123,25 @@ def test_absurdly_large_task_values_are_refused_naming_the_field(tmp_path, field
     with pytest.raises(TaskError, match=f"`{field}` must be") as e:
         load_task_file(path)
     assert str(path) in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# harmonia report on damaged run directories
+
+
+@pytest.mark.parametrize("content", ["", "{", "[]", "null", '{"model": "m"}', '{"model": "m", "mode": "clean", "tasks": []}',
+                                     '{"model": "m", "mode": "clean", "tasks": {"t": null}}',
+                                     '{"model": "m", "mode": "clean", "tasks": {"t": {"status": "ok"}}}',
+                                     '{"model": "m", "mode": "clean", "tasks": {"t": {"status": "ok", "formal_name": "T", '
+                                     '"domain": "d", "metric": "accuracy", "mlp": {"mean": "high"}}}}'])
+def test_report_on_a_corrupt_results_json_names_the_file(tmp_path, content):
+    # before: raw JSONDecodeError / TypeError / KeyError without the file
+    good, bad = tmp_path / "good", tmp_path / "bad"
+    write_run({"model": "m", "mode": "clean", "mode_notes": "", "seeds": [0], "knn": {"k": 10, "temperature": 0.07,
+               "similarity": "cosine"}, "tasks": {}, "summary": {}}, good, charts=False)
+    bad.mkdir()
+    (bad / "results.json").write_text(content)
+    write_combined([good])  # the good run alone works
+    with pytest.raises(ValueError, match="not a results.json") as e:
+        write_combined([good, bad])
+    assert str(bad / "results.json") in str(e.value)
