@@ -37,6 +37,17 @@ MODE_NOTES = {
 }
 
 
+MAX_SEEDS = 100  # probe seeds per task in clean mode; each is a full probe training per fold
+
+
+def check_seeds(seeds: object) -> int:
+    """The number of probe seeds, a whole number in 1..MAX_SEEDS (checked before any work)."""
+    if not (isinstance(seeds, int) and not isinstance(seeds, bool) and 1 <= seeds <= MAX_SEEDS):
+        raise ValueError(f"seeds: expected a whole number in 1..{MAX_SEEDS} (probe trainings per task in clean "
+                         f"mode; 3 is the default), found {seeds!r}")
+    return seeds
+
+
 def load_encoder_source(source: str | os.PathLike, device: str | None = None) -> AudioEncoder:
     """`harmonia.load_encoder(source)`, or an X-ARES style encoder file `path.py[:ClassName]` whose
     class (the one attribute ending in "Encoder" when no name is given) is built with no arguments."""
@@ -76,8 +87,7 @@ def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os
 
     if mode not in MODE_NOTES:
         raise ValueError(f"mode must be one of {sorted(MODE_NOTES)}, found {mode!r}")
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, found {seeds}")
+    check_seeds(seeds)
     names = [t for t in tasks if not isinstance(t, Task)]
     task_list = [t for t in tasks if isinstance(t, Task)] + (resolve_tasks(names, encoder) if names else [])
     out_dir = Path(out_dir)

@@ -13,6 +13,7 @@ from eval_test_encoder import BandEnergyEncoder
 
 from harmonia.eval.embed import EmbeddingCache
 from harmonia.eval.report import write_combined, write_run
+from harmonia.eval.runner import evaluate
 from harmonia.eval.tasks import TaskError, load_task_file, resolve_tasks
 
 
@@ -145,3 +146,11 @@ def test_report_on_a_corrupt_results_json_names_the_file(tmp_path, content):
     with pytest.raises(ValueError, match="not a results.json") as e:
         write_combined([good, bad])
     assert str(bad / "results.json") in str(e.value)
+
+
+@pytest.mark.parametrize("seeds", [0, -1, 10**9, True, 2.5])
+def test_nonsensical_seed_counts_are_refused_before_any_work(data_root, tmp_path, encoder, seeds):
+    # before: 10**9 built a billion-entry seed list (minutes, then out of memory); True and 2.5 slipped through
+    with pytest.raises(ValueError, match="seeds: expected a whole number in 1..100"):
+        evaluate(encoder, [TONE_TASK], data_root, tmp_path / "o", seeds=seeds, progress=False)
+    assert not (tmp_path / "o").exists()
