@@ -376,7 +376,21 @@ def partition_lock(pdir: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _own_dir(path: Path) -> None:
+    """Make `path` a real directory of the cache. harmonia never writes symbolic links inside the cache
+    root, so one found there was planted (the default cache lives in the data root, which others may
+    write to): it is removed, never followed, so that emptying a partition cannot delete files
+    elsewhere. (The cache root itself may be a link.)"""
+    if path.is_symlink():
+        warnings.warn(f"{path}: a symbolic link inside the embedding cache (harmonia never writes one); "
+                      "removing the link, not its target", CacheWarning, stacklevel=3)
+        path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+
+
 def _reset(pdir: Path) -> None:
+    if pdir.is_symlink():
+        pdir.unlink()
     shutil.rmtree(pdir, ignore_errors=True)
     pdir.mkdir(parents=True)
 
@@ -413,7 +427,8 @@ class EmbeddingCache:
         resumed after an interruption and encoded again where a cache file is corrupt."""
         shards = find_shards(task, data_root)
         tdir = self.task_dir(task)
-        tdir.mkdir(parents=True, exist_ok=True)
+        for d in (tdir.parent, tdir):
+            _own_dir(d)
         write_json_atomic(tdir / "fingerprint.json", {"encoder": self.enc_fp,
                                                       "protocol": protocol_fingerprint(task, self.mode)},
                           indent=2, sort_keys=True)
@@ -426,6 +441,7 @@ class EmbeddingCache:
         partition is waited for (`partition_lock`)."""
         sigs = [_shard_sig(p) for p in shards]
         with partition_lock(pdir):
+            _own_dir(pdir)
             try:
                 return self._resume_encode_load(task, shards, pdir, sigs)
             except CacheCorruptError as e:

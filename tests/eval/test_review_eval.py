@@ -11,7 +11,7 @@ import torch
 from conftest import TONE_TASK
 from eval_test_encoder import BandEnergyEncoder
 
-from harmonia.eval.embed import EmbeddingCache
+from harmonia.eval.embed import CacheWarning, EmbeddingCache
 from harmonia.eval.report import write_combined, write_run
 from harmonia.eval.runner import evaluate
 from harmonia.eval.tasks import TaskError, load_task_file, resolve_tasks
@@ -154,3 +154,27 @@ def test_nonsensical_seed_counts_are_refused_before_any_work(data_root, tmp_path
     with pytest.raises(ValueError, match="seeds: expected a whole number in 1..100"):
         evaluate(encoder, [TONE_TASK], data_root, tmp_path / "o", seeds=seeds, progress=False)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("link", ["task", "key", "partition"])
+def test_a_symlink_planted_in_the_cache_is_never_followed(data_root, tmp_path, link):
+    # before: a planted link made "empty this partition" delete files outside the cache
+    victim = tmp_path / "victim"
+    for part in ("tones_train", "tones_valid", "tones_test", ""):
+        (victim / part).mkdir(parents=True, exist_ok=True)
+        (victim / part / "precious.txt").write_text("keep me")
+    (victim / "tones_train" / "state.json").write_text("{}")  # "corrupt": the partition is emptied
+    fresh = EmbeddingCache(tmp_path / "fresh", BandEnergyEncoder(), progress=False).embed_task(TONE_TASK, data_root)
+    cache = EmbeddingCache(tmp_path / "cache", BandEnergyEncoder(), progress=False)
+    tdir = cache.task_dir(TONE_TASK)
+    planted = {"task": tdir.parent, "key": tdir, "partition": tdir / "tones_train"}[link]
+    planted.parent.mkdir(parents=True, exist_ok=True)
+    planted.symlink_to(victim / "tones_train" if link == "partition" else victim, target_is_directory=True)
+    with pytest.warns(CacheWarning, match="symbolic link"):
+        got = cache.embed_task(TONE_TASK, data_root)
+    assert sorted(p.relative_to(victim).as_posix() for p in victim.rglob("*")) == [
+        "precious.txt", "tones_test", "tones_test/precious.txt", "tones_train", "tones_train/precious.txt",
+        "tones_train/state.json", "tones_valid", "tones_valid/precious.txt"]
+    assert not planted.is_symlink()
+    for part, emb in fresh.items():
+        assert emb.keys == got[part].keys and torch.equal(emb.pooled, got[part].pooled)
