@@ -116,6 +116,8 @@ def _load_dir(folder: Path, weights: Path, **options) -> AudioEncoder:
     for fam in FAMILIES.values():
         if fam.sniff_dir(folder):
             return fam.from_dir(folder, weights=weights, **options)
+    if (folder / "config.json").exists():  # a damaged config.json: say so rather than "unknown layout"
+        _read_config(folder / "config.json")
     raise CheckpointError(
         f"{weights if weights.name != WEIGHTS else folder}: not a known checkpoint layout. Expected harmonia's "
         "config.json + model.safetensors (written by `harmonia convert`) or a Hugging Face Dasheng folder "

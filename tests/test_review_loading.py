@@ -152,3 +152,18 @@ def test_a_beats_config_json_with_more_layers_than_its_weights_is_refused_before
     with pytest.raises(CheckpointError, match="encoder_layers=100000 but the weights hold 3 layers") as e:
         load_encoder(tmp_path / "m")
     assert str(tmp_path / "m" / "config.json") in str(e.value)
+
+
+@pytest.mark.parametrize("content, complaint", [
+    ("[]", "expected a JSON object, found list"), ("null", "expected a JSON object, found NoneType"),
+    ('"x"', "expected a JSON object, found str"), ("{", "cannot read as JSON"), (b"\xff\xfe", "cannot read as JSON"),
+])
+def test_a_damaged_config_json_is_named_as_such(harmonia_dasheng, tmp_path, content, complaint):
+    # before: "not a known checkpoint layout", which sends the user looking at the weights
+    folder = tmp_path / "m"
+    shutil.copytree(harmonia_dasheng, folder)
+    cfg = folder / "config.json"
+    cfg.write_bytes(content if isinstance(content, bytes) else content.encode())
+    with pytest.raises(CheckpointError, match=complaint) as e:
+        load_encoder(folder)
+    assert str(cfg) in str(e.value)
