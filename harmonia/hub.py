@@ -64,7 +64,7 @@ def _read_config(path: Path) -> dict[str, Any]:
     """A config.json as a dict; anything else is a CheckpointError naming the file."""
     try:
         config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path}: cannot read as JSON ({e}); write it again (harmonia convert)") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found {type(config).__name__}")
@@ -77,7 +77,7 @@ def _config_format(folder: Path) -> str | None:
         return None
     try:
         fmt = json.loads(cfg_file.read_text()).get("format")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError):
         return None
     return fmt if fmt in (HARMONIA_FORMAT, LINKED_FORMAT) else None
 

@@ -295,7 +295,7 @@ def _safetensors_header(path: Path, f, size: int) -> tuple[dict, int, dict[str, 
 
     try:
         header = json.loads(f.read(header_len), object_pairs_hook=unique)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: [[[[...
         raise bad(f"header is not JSON: {e}") from None
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")

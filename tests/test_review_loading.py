@@ -167,3 +167,22 @@ def test_a_damaged_config_json_is_named_as_such(harmonia_dasheng, tmp_path, cont
     with pytest.raises(CheckpointError, match=complaint) as e:
         load_encoder(folder)
     assert str(cfg) in str(e.value)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON nesting that makes the json module raise RecursionError
+
+
+def test_a_json_nesting_bomb_in_config_json_is_a_checkpoint_error(harmonia_dasheng, tmp_path):
+    folder = tmp_path / "m"
+    shutil.copytree(harmonia_dasheng, folder)
+    (folder / "config.json").write_text(DEEP)
+    with pytest.raises(CheckpointError, match="cannot read as JSON") as e:  # before: RecursionError
+        load_encoder(folder)
+    assert str(folder / "config.json") in str(e.value)
+
+
+def test_a_json_nesting_bomb_in_a_safetensors_header_is_a_checkpoint_error(tmp_path):
+    path = _raw_safetensors(tmp_path / "x.safetensors", DEEP.encode(), b"")
+    with pytest.raises(CheckpointError, match="header is not JSON") as e:  # before: RecursionError
+        read_safetensors(path)
+    assert str(path) in str(e.value)

@@ -173,7 +173,7 @@ def sniff_dir(path: str | os.PathLike) -> bool:
     try:
         cfg = json.loads((path / "config.json").read_text())
         return cfg.get("model_type") == "dasheng" or "DashengModel" in (cfg.get("architectures") or [])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError, TypeError):
         return False
 
 
@@ -201,7 +201,7 @@ def from_dir(path: str | os.PathLike, num_heads: int | None = None, weights: str
     weights = Path(weights) if weights is not None else path / "model.safetensors"
     try:
         arch = hf_architecture(json.loads((path / "config.json").read_text()))
-    except ValueError as e:  # not JSON, or a field of the wrong type
+    except (ValueError, RecursionError) as e:  # not JSON (or nested too deep), or a field of the wrong type
         raise CheckpointError(f"{path / 'config.json'}: {e}") from None
     # with a dtype, matrices are converted while read (no fp32 copy stays resident)
     raw = read_safetensors(weights, options.get("dtype"))

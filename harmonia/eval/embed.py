@@ -196,7 +196,7 @@ class PartitionState:
         """Parse and check state.json; anything unexpected is a CacheCorruptError naming it."""
         try:
             state = cls(**json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError) as e:
             raise CacheCorruptError(f"{path}: unreadable cache state ({type(e).__name__}: {e})") from None
         counters = (state.next_clip, state.next_crop, state.batch_index)
         if not (isinstance(state.shards, list) and all(isinstance(s, list) for s in state.shards)
@@ -322,7 +322,7 @@ def read_chunk(path: Path, record: dict) -> tuple[dict[str, torch.Tensor], dict]
         n = len(items["keys"])
         ok = (n == record["items"] == len(items["clips"]) == len(items["jsons"]) == tensors["pooled"].shape[0]
               and ("frames" not in tensors or sum(items["lengths"]) == tensors["frames"].shape[0]))
-    except (CheckpointError, KeyError, TypeError, json.JSONDecodeError) as e:
+    except (CheckpointError, KeyError, TypeError, json.JSONDecodeError, RecursionError) as e:
         raise CacheCorruptError(f"{path}: unreadable cache chunk ({type(e).__name__}: {e})") from None
     if not ok:
         raise CacheCorruptError(f"{path}: cache chunk contents do not match its item counts")

@@ -131,7 +131,7 @@ def read_audio_shard(path: str | os.PathLike, scan: ShardScan | None = None) -> 
         else:
             try:
                 meta = json.loads(members["json"].decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                 error = f"{where}: {key}.json is not valid UTF-8 JSON ({e})"
         if error is None and audio_ext is None:
             error = f"{where}: no audio member (expected one of {AUDIO_EXTS}; found {sorted(members)})"

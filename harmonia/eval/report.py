@@ -162,7 +162,7 @@ def load_run(path: str | os.PathLike) -> dict:
 
     try:
         results = json.loads(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise bad(f"not JSON: {e}") from None
     if not isinstance(results, dict) or not isinstance(results.get("tasks"), dict):
         raise bad("expected an object with a `tasks` object")

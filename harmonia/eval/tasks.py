@@ -332,7 +332,7 @@ def load_task_file(path: str | os.PathLike, encoder=None) -> Task:
     if path.suffix == ".json":
         try:
             spec = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise TaskError(f"{path}: not valid JSON ({e}); expected an object with the task's fields") from e
         return task_from_dict(spec, source=str(path))
     if path.suffix != ".py":

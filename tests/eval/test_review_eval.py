@@ -178,3 +178,29 @@ def test_a_symlink_planted_in_the_cache_is_never_followed(data_root, tmp_path, l
     assert not planted.is_symlink()
     for part, emb in fresh.items():
         assert emb.keys == got[part].keys and torch.equal(emb.pooled, got[part].pooled)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000  # valid JSON nesting that makes the json module raise RecursionError
+
+
+def test_a_json_nesting_bomb_in_a_task_file_is_a_task_error(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text(DEEP)
+    with pytest.raises(TaskError, match="not valid JSON") as e:  # before: RecursionError
+        load_task_file(path)
+    assert str(path) in str(e.value)
+
+
+def test_a_json_nesting_bomb_in_results_json_is_named(tmp_path):
+    (tmp_path / "results.json").write_text(DEEP)
+    with pytest.raises(ValueError, match="not a results.json"):  # before: RecursionError
+        write_combined([tmp_path])
+
+
+def test_a_json_nesting_bomb_planted_as_cache_state_is_repaired(data_root, tmp_path):
+    cache = EmbeddingCache(tmp_path / "c", BandEnergyEncoder(), progress=False)
+    first = cache.embed_task(TONE_TASK, data_root)
+    (cache.task_dir(TONE_TASK) / "tones_test" / "state.json").write_text(DEEP)
+    with pytest.warns(CacheWarning, match="state.json"):  # before: RecursionError aborted the run
+        again = cache.embed_task(TONE_TASK, data_root)
+    assert torch.equal(again["tones_test"].pooled, first["tones_test"].pooled)
