@@ -63,8 +63,13 @@ class DownloadError(OSError):
 def _read_config(path: Path) -> dict[str, Any]:
     """A config.json as a dict; anything else is a CheckpointError naming the file."""
     try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        text = path.read_bytes()
+    except OSError as e:  # permissions, a folder in its place, I/O errors
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e}); check that it is a file you may "
+                              "read") from None
+    try:
+        config = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path}: cannot read as JSON ({e}); write it again (harmonia convert)") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found {type(config).__name__}")

@@ -186,3 +186,21 @@ def test_a_json_nesting_bomb_in_a_safetensors_header_is_a_checkpoint_error(tmp_p
     with pytest.raises(CheckpointError, match="header is not JSON") as e:  # before: RecursionError
         read_safetensors(path)
     assert str(path) in str(e.value)
+
+
+def test_an_unreadable_config_json_says_so(harmonia_dasheng, tmp_path, monkeypatch):
+    # (simulated: the tests run as root, who may read anything) before: "cannot read as JSON ...
+    # write it again", which sends the user to rewrite a file they only may not read
+    folder = tmp_path / "m"
+    shutil.copytree(harmonia_dasheng, folder)
+    real = Path.read_bytes
+
+    def denied(self):
+        if self.name == "config.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: denied(self).decode())
+    with pytest.raises(CheckpointError, match="cannot read it \\(Permission denied\\); check that it is a file"):
+        load_encoder(folder)
