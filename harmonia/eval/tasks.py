@@ -174,6 +174,13 @@ class Task:
             missing = sorted(set(self._partition_names()) - {p for p, _ in self.shard_globs})
             if missing:
                 raise bad(f"`shard_globs` has no shard pattern for partitions {missing}")
+        try:
+            globs = self.partitions()
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError, OverflowError, MemoryError) as e:
+            raise bad(f"`fold_pattern` {self.fold_pattern!r} cannot be formatted with k=<fold> ({type(e).__name__}: "
+                      f"{e}); write the fold as {{k}} (or {{k:02d}} for whole-number folds)") from None
+        if any(len(g) > 1024 for g in globs.values()):
+            raise bad("a shard glob is longer than 1024 characters; check `fold_pattern` / `shard_globs`")
 
     # ----------------------------------------------------------------------------------------------
     def partitions(self) -> dict[str, str]:

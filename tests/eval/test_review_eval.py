@@ -204,3 +204,14 @@ def test_a_json_nesting_bomb_planted_as_cache_state_is_repaired(data_root, tmp_p
     with pytest.warns(CacheWarning, match="state.json"):  # before: RecursionError aborted the run
         again = cache.embed_task(TONE_TASK, data_root)
     assert torch.equal(again["tones_test"].pooled, first["tones_test"].pooled)
+
+
+@pytest.mark.parametrize("pattern", ["f{k}{j}.tar", "f{k:d}.tar", "f{k.real}.tar", "f{k!z}.tar", "f{k}{}.tar",
+                                     "f{k:>100000}.tar"])
+def test_a_fold_pattern_that_cannot_be_formatted_is_refused_when_the_task_file_is_read(tmp_path, pattern):
+    # before: accepted, then a raw KeyError/ValueError/IndexError in the middle of the evaluation
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"name": "x", "label_key": "l", "folds": ["a", "b"], "fold_pattern": pattern}))
+    with pytest.raises(TaskError, match="fold_pattern|1024 characters") as e:
+        load_task_file(path)
+    assert str(path) in str(e.value)
