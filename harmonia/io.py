@@ -201,9 +201,11 @@ def write_json_atomic(target: str | os.PathLike, obj, **dump_kwargs) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:  # 0 and negative numbers address process groups, not a writer
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: beyond any pid (a crafted name)
         return False
     except PermissionError:
         return True

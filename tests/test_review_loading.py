@@ -4,6 +4,7 @@ ensembles): each is refused with one CheckpointError naming the file and the fie
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import struct
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from harmonia.hub import load_encoder, save_harmonia, write_linked_ensemble
-from harmonia.io import CheckpointError, read_safetensors, safetensors_metadata
+from harmonia.io import _TMP_MARK, CheckpointError, read_safetensors, remove_stale_temps, safetensors_metadata
 from harmonia.models.beats import BeatsConfig
 
 
@@ -204,3 +205,19 @@ def test_an_unreadable_config_json_says_so(harmonia_dasheng, tmp_path, monkeypat
     monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: denied(self).decode())
     with pytest.raises(CheckpointError, match="cannot read it \\(Permission denied\\); check that it is a file"):
         load_encoder(folder)
+
+
+# -------------------------------------------------------------------------------------------------
+# stale temp files
+
+
+def test_temp_names_with_impossible_pids_are_removed_not_a_crash(tmp_path):
+    # before: OverflowError from os.kill (a file planted in a shared cache stopped every evaluation)
+    # and pid 0 (os.kill(0, 0) signals the own process group) counted as a live writer
+    names = [f".a{_TMP_MARK}99999999999999999999-ab", f".b{_TMP_MARK}0-ab"]
+    for n in names:
+        (tmp_path / n).write_text("x")
+    keep = tmp_path / f".c{_TMP_MARK}{os.getpid()}-ab"  # our own, still being written
+    keep.write_text("x")
+    assert sorted(p.name for p in remove_stale_temps(tmp_path)) == sorted(names)
+    assert [p.name for p in tmp_path.iterdir()] == [keep.name]
