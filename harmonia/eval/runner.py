@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from harmonia.encoder import AudioEncoder
 from harmonia.eval import metrics as M
@@ -59,13 +60,24 @@ def load_encoder_source(source: str | os.PathLike, device: str | None = None) ->
             raise FileNotFoundError(f"{file}: no such encoder file; expected a .py file defining an Encoder class")
         spec = importlib.util.spec_from_file_location(f"harmonia_user_encoder_{file.stem}", file)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except (Exception, SystemExit) as e:  # the file's own code (even sys.exit): a bad encoder file
+            raise ValueError(f"{file}: the encoder file failed to run ({type(e).__name__}: {e}); --debug shows "
+                             "where") from e
         names = [attr] if attr else [n for n in vars(module) if n.endswith("Encoder") and isinstance(getattr(module, n), type)
                                       and getattr(module, n).__module__ == module.__name__]
         if len(names) != 1 or not hasattr(module, names[0]):
             raise ValueError(f"{file}: expected exactly one class whose name ends in 'Encoder' (or name it: "
                              f"{file}:ClassName), found {names}")
-        encoder = getattr(module, names[0])()
+        try:
+            encoder = getattr(module, names[0])()
+        except (Exception, SystemExit) as e:
+            raise ValueError(f"{file}: {names[0]}() failed ({type(e).__name__}: {e}); the class must build with no "
+                             "arguments, as X-ARES builds it; --debug shows where") from e
+        if not isinstance(encoder, nn.Module):
+            raise ValueError(f"{file}: {names[0]}() is a {type(encoder).__name__}; expected a torch.nn.Module with "
+                             "sampling_rate, output_dim and hop_size_in_ms (the X-ARES encoder contract)")
     else:
         from harmonia.hub import load_encoder
 

@@ -13,7 +13,7 @@ from eval_test_encoder import BandEnergyEncoder
 
 from harmonia.eval.embed import CacheWarning, EmbeddingCache
 from harmonia.eval.report import write_combined, write_run
-from harmonia.eval.runner import evaluate
+from harmonia.eval.runner import evaluate, load_encoder_source
 from harmonia.eval.tasks import TaskError, load_task_file, resolve_tasks
 
 
@@ -214,4 +214,18 @@ def test_a_fold_pattern_that_cannot_be_formatted_is_refused_when_the_task_file_i
     path.write_text(json.dumps({"name": "x", "label_key": "l", "folds": ["a", "b"], "fold_pattern": pattern}))
     with pytest.raises(TaskError, match="fold_pattern|1024 characters") as e:
         load_task_file(path)
+    assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("body, complaint", [
+    ("import sys\nsys.exit(0)\n", "failed to run \\(SystemExit"),  # before: the CLI exited 0, silently
+    ("raise RuntimeError('boom')\n", "failed to run \\(RuntimeError: boom"),
+    ("class MyEncoder:\n    def __init__(self):\n        raise SystemExit(1)\n", "MyEncoder\\(\\) failed \\(SystemExit"),
+    ("class MyEncoder:\n    pass\n", "expected a torch.nn.Module"),  # before: AttributeError 'eval'
+])
+def test_an_encoder_file_that_fails_is_one_value_error_naming_it(tmp_path, body, complaint):
+    path = tmp_path / "my_encoder.py"
+    path.write_text(body)
+    with pytest.raises(ValueError, match=complaint) as e:
+        load_encoder_source(str(path))
     assert str(path) in str(e.value)
