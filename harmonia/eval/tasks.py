@@ -181,6 +181,10 @@ class Task:
                       f"{e}); write the fold as {{k}} (or {{k:02d}} for whole-number folds)") from None
         if any(len(g) > 1024 for g in globs.values()):
             raise bad("a shard glob is longer than 1024 characters; check `fold_pattern` / `shard_globs`")
+        for part, g in globs.items():
+            if not g.strip() or Path(g).is_absolute():
+                raise bad(f"shard glob {g!r} of partition {part!r} must be a non-empty pattern relative to the "
+                          f"task's folder <data root>/{self.name}/ (e.g. '{part}*.tar')")
 
     # ----------------------------------------------------------------------------------------------
     def partitions(self) -> dict[str, str]:

@@ -229,3 +229,14 @@ def test_an_encoder_file_that_fails_is_one_value_error_naming_it(tmp_path, body,
     with pytest.raises(ValueError, match=complaint) as e:
         load_encoder_source(str(path))
     assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("glob", ["/etc/*.tar", "", "  "])
+def test_an_absolute_or_empty_shard_glob_is_refused_when_the_task_file_is_read(tmp_path, glob):
+    # before: accepted, then NotImplementedError / ValueError from Path.glob in the middle of the evaluation
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"name": "x", "label_key": "l", "shard_globs": {"train": glob, "valid": "v*.tar",
+                                                                              "test": "t*.tar"}}))
+    with pytest.raises(TaskError, match="must be a non-empty pattern relative to") as e:
+        load_task_file(path)
+    assert str(path) in str(e.value)
