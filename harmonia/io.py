@@ -123,20 +123,36 @@ def check_fields(obj: object) -> None:
         check_type(f"{type(obj).__name__}.{f.name}", getattr(obj, f.name), hints[f.name])
 
 
+def check_tensors(state: object, source: str) -> None:
+    """A state dict maps names to tensors: anything else (a crafted or damaged checkpoint) is one
+    CheckpointError listing the offending keys, before any code reads `.shape`."""
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{source}: expected a state dict (names to tensors), found {type(state).__name__}")
+    bad = [f"{k!r}: {type(v).__name__}" for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if bad:
+        raise CheckpointError(f"{source}: the state dict holds {len(bad)} entries that are not named tensors "
+                              f"({', '.join(bad[:8])}{', ...' if len(bad) > 8 else ''}); the file is damaged or "
+                              "not a checkpoint of this model")
+
+
 def check_state_dict(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str,
                      what: str) -> None:
-    """One CheckpointError listing every missing, unexpected and wrong-shape key of `state` against
-    the `expected` state dict (a model's, possibly on the meta device) of architecture `what`."""
+    """One CheckpointError listing every missing, unexpected, wrong-shape and wrong-kind (integer
+    where floating point is expected, or the reverse) key of `state` against the `expected` state
+    dict (a model's, possibly on the meta device) of architecture `what`."""
+    check_tensors(state, source)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    wrong += [f"{k}: {state[k].dtype} vs {v.dtype}" for k, v in expected.items()
+              if k in state and state[k].is_floating_point() != v.is_floating_point()]
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"{source}: the weights do not match the architecture of its config ({what}).\n"
             f"  missing keys ({len(missing)}): {missing}\n"
             f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
-            f"  shape mismatches, found vs expected ({len(wrong)}): {wrong}\n"
+            f"  shape or dtype mismatches, found vs expected ({len(wrong)}): {wrong}\n"
             "Check that the file is the checkpoint you meant and that its config belongs to it.")
 
 

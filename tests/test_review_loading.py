@@ -221,3 +221,37 @@ def test_temp_names_with_impossible_pids_are_removed_not_a_crash(tmp_path):
     keep.write_text("x")
     assert sorted(p.name for p in remove_stale_temps(tmp_path)) == sorted(names)
     assert [p.name for p in tmp_path.iterdir()] == [keep.name]
+
+
+# -------------------------------------------------------------------------------------------------
+# crafted torch checkpoints (weights_only=True loads them; the values are still anything)
+
+
+def _beats_ckpt():
+    return torch.load(BEATS, weights_only=True)
+
+
+def _dasheng_ckpt():
+    return torch.load(DASHENG, weights_only=True)
+
+
+def _first_key(d):
+    return next(iter(d))
+
+
+@pytest.mark.parametrize("make, complaint", [
+    # non-tensor values: before, AttributeError "'int' object has no attribute 'shape'"
+    (lambda: {**_beats_ckpt(), "model": {k: 1 for k in _beats_ckpt()["model"]}}, "not named tensors"),
+    (lambda: {**_dasheng_ckpt(), "model": {k: 1 for k in _dasheng_ckpt()["model"]}}, "not named tensors"),
+    # an integer tensor where a float one belongs: before, torch's raw RuntimeError from load_state_dict
+    (lambda: (lambda c: {**c, "model": {**c["model"], _first_key(c["model"]): c["model"][_first_key(c["model"])].long()}})(
+        _beats_ckpt()), "dtype mismatches"),
+    # a cfg probability out of range: before, torch's ValueError from nn.Dropout, no file named
+    (lambda: (lambda c: {**c, "cfg": {**c["cfg"], "dropout": 5.0}})(_beats_ckpt()), "BeatsConfig.dropout=5.0"),
+])
+def test_crafted_torch_checkpoints_are_one_checkpoint_error_naming_the_file(tmp_path, make, complaint):
+    path = tmp_path / "crafted.pt"
+    torch.save(make(), path)
+    with pytest.raises(CheckpointError, match=complaint) as e:
+        load_encoder(path)
+    assert str(path) in str(e.value)

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from harmonia.encoder import AudioEncoder, EncoderOutput, encode_in_chunks
-from harmonia.io import CheckpointError, check_layer_count, check_type, parse_dtype
+from harmonia.io import CheckpointError, check_layer_count, check_tensors, check_type, parse_dtype
 from harmonia.layers.frontend import KALDI_SHIFT, KALDI_WINDOW, beats_fbank
 from harmonia.models.beats import (
     BeatsConfig,
@@ -213,6 +213,7 @@ def encoder_from_reference(cfg: dict[str, Any], state: dict[str, Tensor], source
                            **options: Any) -> BeatsEncoder:
     """A Microsoft / OpenBEATs / ESPnet state dict (reference key names) + its cfg dict."""
     build, options = _split_options(options)
+    check_tensors(state, source)
     config = config_from_reference(cfg, state, flavour, source)
     if is_tokenizer_state(state):
         config = tokenizer_config_from(config, state, cfg)

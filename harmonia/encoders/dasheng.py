@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from harmonia.encoder import AudioEncoder, EncoderOutput, encode_in_chunks
-from harmonia.io import CheckpointError, check_type, parse_dtype, read_safetensors
+from harmonia.io import CheckpointError, check_tensors, check_type, parse_dtype, read_safetensors
 from harmonia.models.dasheng import (
     PRESETS,
     Dasheng,
@@ -134,6 +134,7 @@ def _make(cfg: DashengConfig, state: Mapping[str, Tensor], source: str, layer: i
 
 def _from_reference_state(state: Mapping[str, Tensor], stored: Mapping | None, source: str,
                           num_heads: int | None = None, **options) -> DashengEncoder:
+    check_tensors(state, source)
     try:
         cfg = infer_config(state, stored, num_heads=num_heads)
         check_frontend_buffers(state, cfg)

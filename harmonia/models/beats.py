@@ -81,6 +81,9 @@ class BeatsConfig:
             need(getattr(self, name) >= 1, name, "must be a positive integer")
         need(math.isfinite(self.fbank_mean), "fbank_mean", "must be a finite number")
         need(0 < self.fbank_std < math.inf, "fbank_std", "must be a finite number > 0")
+        for name in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "dropout_input",
+                     "predictor_dropout"):
+            need(0 <= getattr(self, name) <= 1, name, "must be a probability in [0, 1]")
         need(128 % self.input_patch_size == 0, "input_patch_size", "must divide the 128 mel bins")
         need(self.encoder_embed_dim % self.encoder_attention_heads == 0, "encoder_attention_heads",
              f"must divide encoder_embed_dim={self.encoder_embed_dim}")
