@@ -8,10 +8,11 @@ import threading
 
 import pytest
 import torch
-from conftest import TONE_TASK
+from conftest import EVENT_TASK, TONE_TASK
 from eval_test_encoder import BandEnergyEncoder
 
 from harmonia.eval.embed import CacheWarning, EmbeddingCache
+from harmonia.eval.labels import LabelCoder
 from harmonia.eval.report import write_combined, write_run
 from harmonia.eval.runner import evaluate, load_encoder_source
 from harmonia.eval.tasks import TaskError, load_task_file, resolve_tasks
@@ -240,3 +241,33 @@ def test_an_absolute_or_empty_shard_glob_is_refused_when_the_task_file_is_read(t
     with pytest.raises(TaskError, match="must be a non-empty pattern relative to") as e:
         load_task_file(path)
     assert str(path) in str(e.value)
+
+
+# --------------------------------------------------------------------------------------------------
+# hostile values in a shard's JSON
+
+
+@pytest.mark.parametrize("event", [
+    {"onset": 0.0, "offset": 1e12, "label": "low"},  # before: tried to allocate 5e13 frames
+    {"onset": 0.0, "offset": float("nan"), "label": "low"},  # before: raw ValueError from math.ceil
+    {"onset": 0.0, "offset": float("inf"), "label": "low"},  # before: raw OverflowError
+    {"onset": -5.0, "offset": 0.5, "label": "low"},  # before: silently marked frames at the end
+    {"onset": 0.6, "offset": 0.2, "label": "low"},  # offset before onset
+    "low",  # not an event object (already refused; kept as a guard)
+    {"onset": 0.0, "label": "low"},  # no offset (already refused; kept as a guard)
+])
+def test_hostile_event_times_are_a_task_error_naming_the_item(event):
+    coder = LabelCoder.fit(EVENT_TASK, [[{"onset": 0.1, "offset": 0.2, "label": "low"}]])
+    with pytest.raises(TaskError, match="item 'x'"):
+        coder.frame_target([event], 20.0, " (item 'x')")
+
+
+def test_valid_events_give_the_same_frame_targets_as_before():
+    coder = LabelCoder.fit(EVENT_TASK, [])
+    target = coder.frame_target([{"onset": 0.2, "offset": 0.6, "label": "low"},
+                                 {"onset": 0.5, "offset": 0.9, "label": "high"}], 100.0)
+    # label_duration_s = 1 s on a 100 ms grid; frames [ceil(on/hop), ceil(off/hop))
+    expected = torch.zeros(10, 2)
+    expected[2:6, EVENT_TASK.classes.index("low")] = 1
+    expected[5:9, EVENT_TASK.classes.index("high")] = 1
+    assert torch.equal(target, expected)
