@@ -140,8 +140,9 @@ class Task:
             if not (ok(value) or (optional and value is None)):
                 raise bad(f"field `{f.name}` must be {expected}{' or null' if optional else ''}, "
                           f"found {value!r} ({type(value).__name__})")
-        if not self.name or "/" in self.name or "\\" in self.name or self.name in (".", ".."):
-            raise bad("`name` must be a non-empty directory name without '/'")
+        if (not self.name or any(c in self.name for c in "/\\\0") or self.name in (".", "..")
+                or len(self.name.encode("utf-8", "surrogatepass")) > 200):
+            raise bad("`name` must be a directory name: not empty, at most 200 bytes, without '/', '\\' or NUL")
         if self.type not in _TYPES:
             raise bad(f"`type` must be one of {_TYPES}, found {self.type!r}")
         if self.label not in _LABEL_KINDS:

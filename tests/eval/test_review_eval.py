@@ -271,3 +271,13 @@ def test_valid_events_give_the_same_frame_targets_as_before():
     expected[2:6, EVENT_TASK.classes.index("low")] = 1
     expected[5:9, EVENT_TASK.classes.index("high")] = 1
     assert torch.equal(target, expected)
+
+
+@pytest.mark.parametrize("name", ["a\x00b", "x" * 300, "ü" * 150])
+def test_a_task_name_no_file_system_accepts_is_refused_when_the_task_file_is_read(tmp_path, name):
+    # before: accepted, then "embedded null byte" / "File name too long" when the cache or charts are written
+    path = tmp_path / "t.json"
+    path.write_text(json.dumps({"name": name, "label_key": "l"}))
+    with pytest.raises(TaskError, match="`name` must be a directory name") as e:
+        load_task_file(path)
+    assert str(path) in str(e.value)
