@@ -255,3 +255,10 @@ def test_crafted_torch_checkpoints_are_one_checkpoint_error_naming_the_file(tmp_
     with pytest.raises(CheckpointError, match=complaint) as e:
         load_encoder(path)
     assert str(path) in str(e.value)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0, -1.0])
+def test_a_non_finite_beats_chunk_length_names_the_option(value):
+    # before (NaN): "cannot convert float NaN to integer", no option named
+    with pytest.raises(ValueError, match=f"chunk_seconds={value}: must be a finite number"):
+        load_encoder(BEATS, chunk_seconds=value)

@@ -21,6 +21,7 @@ clips shorter than 3200 samples instead.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -78,8 +79,10 @@ class BeatsEncoder(AudioEncoder):
         if layer is not None and not (0 <= layer <= L or -L <= layer < 0):
             raise ValueError(f"layer={layer}: this model has {L} layers; expected 0..{L} (state after k "
                              f"layers) or a negative index")
-        if chunk_seconds is not None and patch_rows(int(chunk_seconds * self.sampling_rate)) < 1:
-            raise ValueError(f"chunk_seconds={chunk_seconds}: must cover at least one patch row (0.175 s)")
+        if chunk_seconds is not None and not (math.isfinite(chunk_seconds)
+                                              and patch_rows(int(chunk_seconds * self.sampling_rate)) >= 1):
+            raise ValueError(f"chunk_seconds={chunk_seconds}: must be a finite number of seconds covering at least "
+                             "one patch row (0.175 s), or None (never chunk)")
         self.model = model.eval()
         self.cfg: BeatsConfig = model.cfg
         self.layout, self.mask, self.chunk_seconds = layout, mask, chunk_seconds
