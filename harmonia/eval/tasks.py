@@ -343,7 +343,7 @@ def load_task_file(path: str | os.PathLike, encoder=None) -> Task:
         raise TaskError(f"{path}: no such task file; expected a .json or .py file describing a task")
     if path.suffix == ".json":
         try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
+            spec = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Windows editors) is not an error
         except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise TaskError(f"{path}: not valid JSON ({e}); expected an object with the task's fields") from e
         return task_from_dict(spec, source=str(path))

@@ -281,3 +281,14 @@ def test_a_task_name_no_file_system_accepts_is_refused_when_the_task_file_is_rea
     with pytest.raises(TaskError, match="`name` must be a directory name") as e:
         load_task_file(path)
     assert str(path) in str(e.value)
+
+
+def test_task_files_saved_with_a_byte_order_mark_load(tmp_path):
+    # before: "Unexpected UTF-8 BOM" (JSON) and "invalid non-printable character U+FEFF" (Python)
+    js = tmp_path / "birds.json"
+    js.write_bytes(b"\xef\xbb\xbf" + json.dumps({"name": "birds", "label_key": "species"}).encode())
+    assert load_task_file(js).name == "birds"
+    py = tmp_path / "birds_task.py"
+    py.write_bytes(b"\xef\xbb\xbf" + b"from xares.task import TaskConfig\n\n\ndef birds_config(encoder):\n"
+                   b"    return TaskConfig(name='birds', output_dim=3, label_processor=lambda j: 0)\n")
+    assert load_task_file(py).name == "birds"
