@@ -258,11 +258,18 @@ def remove_stale_temps(directory: str | os.PathLike, min_age_s: float = 0.0) -> 
 # torch checkpoints
 
 
+def _require_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such {what} file")
+    if not path.is_file():  # a folder, FIFO or device: reading it would fail oddly or never end
+        kind = "a folder" if path.is_dir() else "not a regular file (a pipe or device?)"
+        raise CheckpointError(f"{path}: expected a {what} file, found {kind}; pass the file itself")
+
+
 def torch_load(path: str | os.PathLike) -> dict:
     """torch.load with weights_only=True (never unpickle code) and mmap when the file allows it."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    _require_file(path, "checkpoint")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty (an interrupted download or copy?): fetch it again")
     try:
@@ -359,8 +366,7 @@ def read_safetensors(path: str | os.PathLike, dtype: str | torch.dtype | None = 
     """
     path = Path(path)
     dtype = parse_dtype(dtype)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such safetensors file")
+    _require_file(path, "safetensors")
     size = path.stat().st_size
     with open(path, "rb") as f:
         header, base, _ = _safetensors_header(path, f, size)
@@ -387,8 +393,7 @@ def read_safetensors(path: str | os.PathLike, dtype: str | torch.dtype | None = 
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
     """The `__metadata__` dict of a safetensors file (empty when absent); the header is validated."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such safetensors file")
+    _require_file(path, "safetensors")
     with open(path, "rb") as f:
         return _safetensors_header(path, f, path.stat().st_size)[2]
 

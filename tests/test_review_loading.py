@@ -14,7 +14,14 @@ import pytest
 import torch
 
 from harmonia.hub import load_encoder, save_harmonia, write_linked_ensemble
-from harmonia.io import _TMP_MARK, CheckpointError, read_safetensors, remove_stale_temps, safetensors_metadata
+from harmonia.io import (
+    _TMP_MARK,
+    CheckpointError,
+    read_safetensors,
+    remove_stale_temps,
+    safetensors_metadata,
+    torch_load,
+)
 from harmonia.models.beats import BeatsConfig
 
 
@@ -262,3 +269,15 @@ def test_a_non_finite_beats_chunk_length_names_the_option(value):
     # before (NaN): "cannot convert float NaN to integer", no option named
     with pytest.raises(ValueError, match=f"chunk_seconds={value}: must be a finite number"):
         load_encoder(BEATS, chunk_seconds=value)
+
+
+@pytest.mark.parametrize("reader", [read_safetensors, safetensors_metadata, torch_load])
+def test_a_pipe_given_as_a_checkpoint_is_named_as_not_a_file(tmp_path, reader):
+    # before: "no such ... file" for a path that exists, and safetensors_metadata blocked forever on the pipe
+    fifo = tmp_path / "weights.pt"
+    os.mkfifo(fifo)
+    with pytest.raises(CheckpointError, match="not a regular file") as e:
+        reader(fifo)
+    assert str(fifo) in str(e.value)
+    with pytest.raises(CheckpointError, match="no such"):
+        reader(tmp_path / "absent.pt")
