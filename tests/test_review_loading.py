@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import harmonia.io as harmonia_io
 from harmonia.hub import load_encoder, save_harmonia, write_linked_ensemble
 from harmonia.io import (
-    _TMP_MARK,
     CheckpointError,
     read_safetensors,
     remove_stale_temps,
@@ -218,15 +218,22 @@ def test_an_unreadable_config_json_says_so(harmonia_dasheng, tmp_path, monkeypat
 # stale temp files
 
 
+def _temp_name_of_pid(target: Path, pid: int) -> Path:
+    """A temp name exactly as atomic_path makes it, with another writer's pid."""
+    make = getattr(harmonia_io, "temp_name", None) or harmonia_io._temp_name
+    head, _, tail = make(target).name.rpartition(f"-{os.getpid()}-")
+    return target.with_name(f"{head}-{pid}-{tail}")
+
+
 def test_temp_names_with_impossible_pids_are_removed_not_a_crash(tmp_path):
     # before: OverflowError from os.kill (a file planted in a shared cache stopped every evaluation)
     # and pid 0 (os.kill(0, 0) signals the own process group) counted as a live writer
-    names = [f".a{_TMP_MARK}99999999999999999999-ab", f".b{_TMP_MARK}0-ab"]
-    for n in names:
-        (tmp_path / n).write_text("x")
-    keep = tmp_path / f".c{_TMP_MARK}{os.getpid()}-ab"  # our own, still being written
+    planted = [_temp_name_of_pid(tmp_path / "a", 99999999999999999999), _temp_name_of_pid(tmp_path / "b", 0)]
+    for p in planted:
+        p.write_text("x")
+    keep = _temp_name_of_pid(tmp_path / "c", os.getpid())  # our own, still being written
     keep.write_text("x")
-    assert sorted(p.name for p in remove_stale_temps(tmp_path)) == sorted(names)
+    assert sorted(remove_stale_temps(tmp_path)) == sorted(planted)
     assert [p.name for p in tmp_path.iterdir()] == [keep.name]
 
 
