@@ -6,12 +6,13 @@ Format detection is delegated to the family modules in `harmonia.encoders`: each
   sniff_file(ckpt: dict, path) -> bool      is this torch.load()-ed object one of mine?
   from_file(ckpt, path, **options)          build the encoder from it
   sniff_dir(path) -> bool / from_dir(path, weights=None, **options)   directory layouts (Hugging Face)
-  from_harmonia(config: dict, state, **options)                       harmonia's own format
+  from_harmonia(config: dict, state, source=..., **options)           harmonia's own format
 Ensembles are built here, since their members are loaded like any other source.
 """
 
 from __future__ import annotations
 
+import contextvars
 import difflib
 import json
 import os
@@ -63,8 +64,13 @@ class DownloadError(OSError):
 def _read_config(path: Path) -> dict[str, Any]:
     """A config.json as a dict; anything else is a CheckpointError naming the file."""
     try:
-        config = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = path.read_bytes()
+    except OSError as e:  # permissions, a folder in its place, I/O errors
+        raise CheckpointError(f"{path}: cannot read it ({e.strerror or e}); check that it is a file you may "
+                              "read") from None
+    try:
+        config = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise CheckpointError(f"{path}: cannot read as JSON ({e}); write it again (harmonia convert)") from None
     if not isinstance(config, dict):
         raise CheckpointError(f"{path}: expected a JSON object, found {type(config).__name__}")
@@ -77,7 +83,7 @@ def _config_format(folder: Path) -> str | None:
         return None
     try:
         fmt = json.loads(cfg_file.read_text()).get("format")
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError):
         return None
     return fmt if fmt in (HARMONIA_FORMAT, LINKED_FORMAT) else None
 
@@ -116,6 +122,8 @@ def _load_dir(folder: Path, weights: Path, **options) -> AudioEncoder:
     for fam in FAMILIES.values():
         if fam.sniff_dir(folder):
             return fam.from_dir(folder, weights=weights, **options)
+    if (folder / "config.json").exists():  # a damaged config.json: say so rather than "unknown layout"
+        _read_config(folder / "config.json")
     raise CheckpointError(
         f"{weights if weights.name != WEIGHTS else folder}: not a known checkpoint layout. Expected harmonia's "
         "config.json + model.safetensors (written by `harmonia convert`) or a Hugging Face Dasheng folder "
@@ -169,7 +177,7 @@ def from_config(config: dict[str, Any], state: Mapping[str, Tensor], source: str
     try:
         if family == ENSEMBLE:
             return _ensemble_from_config(config, state, source, **options)
-        return FAMILIES[family].from_harmonia(config, state, **options)
+        return FAMILIES[family].from_harmonia(config, state, source=source, **options)
     except CheckpointError:
         raise
     except ValueError as e:  # a config field of the wrong type or value
@@ -230,8 +238,26 @@ def write_linked_ensemble(out_dir: str | os.PathLike, members: Sequence[str], na
     return out
 
 
+# the linked ensembles being loaded (outermost first): a member leading back to one of them is a loop
+_LINKED_STACK: contextvars.ContextVar[tuple[Path, ...]] = contextvars.ContextVar("linked_stack", default=())
+
+
 def _load_linked_ensemble(path: Path, **options: Any) -> EnsembleEncoder:
     cfg_file = path / "config.json"
+    stack = _LINKED_STACK.get()
+    if path.resolve() in stack:
+        chain = " -> ".join(str(p) for p in (*stack, path.resolve()))
+        raise CheckpointError(f"{stack[-1] / 'config.json'}: a member leads back to {path.resolve()}, so the linked "
+                              f"ensemble contains itself ({chain}); list member checkpoints in 'members', not "
+                              "the ensemble's own folder")
+    token = _LINKED_STACK.set((*stack, path.resolve()))
+    try:
+        return _build_linked_ensemble(path, cfg_file, **options)
+    finally:
+        _LINKED_STACK.reset(token)
+
+
+def _build_linked_ensemble(path: Path, cfg_file: Path, **options: Any) -> EnsembleEncoder:
     config = _read_config(cfg_file)
     _check_version(config, cfg_file)
     members = config.get("members")

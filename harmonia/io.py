@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import re
 import secrets
@@ -31,6 +32,7 @@ import socket
 import time
 import types
 import typing
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -99,6 +101,10 @@ def _matches(value: object, hint: object) -> bool:
     return isinstance(value, origin or hint)
 
 
+def _whole(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _type_name(hint: object) -> str:
     if isinstance(hint, type):
         return hint.__name__
@@ -120,21 +126,48 @@ def check_fields(obj: object) -> None:
         check_type(f"{type(obj).__name__}.{f.name}", getattr(obj, f.name), hints[f.name])
 
 
+def check_tensors(state: object, source: str) -> None:
+    """A state dict maps names to tensors: anything else (a crafted or damaged checkpoint) is one
+    CheckpointError listing the offending keys, before any code reads `.shape`."""
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{source}: expected a state dict (names to tensors), found {type(state).__name__}")
+    bad = [f"{k!r}: {type(v).__name__}" for k, v in state.items() if not (isinstance(k, str) and isinstance(v, torch.Tensor))]
+    if bad:
+        raise CheckpointError(f"{source}: the state dict holds {len(bad)} entries that are not named tensors "
+                              f"({', '.join(bad[:8])}{', ...' if len(bad) > 8 else ''}); the file is damaged or "
+                              "not a checkpoint of this model")
+
+
 def check_state_dict(expected: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor], source: str,
                      what: str) -> None:
-    """One CheckpointError listing every missing, unexpected and wrong-shape key of `state` against
-    the `expected` state dict (a model's, possibly on the meta device) of architecture `what`."""
+    """One CheckpointError listing every missing, unexpected, wrong-shape and wrong-kind (integer
+    where floating point is expected, or the reverse) key of `state` against the `expected` state
+    dict (a model's, possibly on the meta device) of architecture `what`."""
+    check_tensors(state, source)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong = [f"{k}: {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
              if k in state and tuple(state[k].shape) != tuple(v.shape)]
+    wrong += [f"{k}: {state[k].dtype} vs {v.dtype}" for k, v in expected.items()
+              if k in state and state[k].is_floating_point() != v.is_floating_point()]
     if missing or unexpected or wrong:
         raise CheckpointError(
             f"{source}: the weights do not match the architecture of its config ({what}).\n"
             f"  missing keys ({len(missing)}): {missing}\n"
             f"  unexpected keys ({len(unexpected)}): {unexpected}\n"
-            f"  shape mismatches, found vs expected ({len(wrong)}): {wrong}\n"
+            f"  shape or dtype mismatches, found vs expected ({len(wrong)}): {wrong}\n"
             "Check that the file is the checkpoint you meant and that its config belongs to it.")
+
+
+def check_layer_count(state: Mapping[str, torch.Tensor], prefix: str, declared: int, source: str, field: str) -> None:
+    """Before building a model: its config's layer count (`field`) equals the numbered `prefix<i>.`
+    blocks of the state dict. Building first would take minutes (or all memory) for a config.json
+    that says 100000 layers, only to report the missing keys afterwards."""
+    found = {k[len(prefix):].partition(".")[0] for k in state if k.startswith(prefix)}
+    layers = sum(i.isdigit() for i in found)
+    if layers != declared:
+        raise CheckpointError(f"{source}: its config says {field}={declared} but the weights hold {layers} layers "
+                              f"({prefix}<i>.*); fix the config or load it with the weights it belongs to")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -201,9 +234,11 @@ def write_json_atomic(target: str | os.PathLike, obj, **dump_kwargs) -> None:
 
 
 def _pid_alive(pid: int) -> bool:
+    if pid <= 0:  # 0 and negative numbers address process groups, not a writer
+        return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError):  # OverflowError: beyond any pid (a crafted name)
         return False
     except PermissionError:
         return True
@@ -244,11 +279,18 @@ def remove_stale_temps(directory: str | os.PathLike, min_age_s: float = 0.0) -> 
 # torch checkpoints
 
 
+def _require_file(path: Path, what: str) -> None:
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such {what} file")
+    if not path.is_file():  # a folder, FIFO or device: reading it would fail oddly or never end
+        kind = "a folder" if path.is_dir() else "not a regular file (a pipe or device?)"
+        raise CheckpointError(f"{path}: expected a {what} file, found {kind}; pass the file itself")
+
+
 def torch_load(path: str | os.PathLike) -> dict:
     """torch.load with weights_only=True (never unpickle code) and mmap when the file allows it."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint file")
+    _require_file(path, "checkpoint")
     if path.stat().st_size == 0:
         raise CheckpointError(f"{path}: the file is empty (an interrupted download or copy?): fetch it again")
     try:
@@ -277,8 +319,9 @@ _SAFETENSORS_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch
 _MAX_HEADER = 100 * 2**20  # the safetensors format itself caps the JSON header at 100 MB
 
 
-def _safetensors_header(path: Path, f, size: int) -> tuple[dict, int]:
-    """Parse and validate the header: every failure is a CheckpointError naming the file."""
+def _safetensors_header(path: Path, f, size: int) -> tuple[dict, int, dict[str, str]]:
+    """Parse and validate the header: (tensor entries, offset of the data, metadata). Every failure
+    is a CheckpointError naming the file."""
     def bad(what: str) -> CheckpointError:
         return CheckpointError(f"{path}: not a valid safetensors file ({what}); the file is corrupt or "
                                "truncated: write or download it again")
@@ -288,31 +331,49 @@ def _safetensors_header(path: Path, f, size: int) -> tuple[dict, int]:
     header_len = int.from_bytes(f.read(8), "little")
     if header_len > min(_MAX_HEADER, size - 8):
         raise bad(f"header length {header_len} exceeds the file ({size} bytes)")
+
+    def unique(pairs: list) -> dict:
+        out = dict(pairs)
+        if len(out) != len(pairs):
+            raise bad(f"keys {sorted(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)} appear more "
+                      "than once in one object of the header")
+        return out
+
     try:
-        header = json.loads(f.read(header_len))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        header = json.loads(f.read(header_len), object_pairs_hook=unique)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:  # RecursionError: [[[[...
         raise bad(f"header is not JSON: {e}") from None
     if not isinstance(header, dict):
         raise bad("header is not a JSON object")
-    header.pop("__metadata__", None)
+    meta = header.pop("__metadata__", None)
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        raise bad(f"__metadata__ must be an object of strings, found {meta!r}"[:300])
     base = 8 + header_len
+    spans = []
     for name, info in header.items():
         try:
             dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
-            start, end = (int(o) for o in info["data_offsets"])
-        except (KeyError, TypeError, ValueError):
+            shape, offsets = list(info["shape"]), list(info["data_offsets"])
+        except (KeyError, TypeError):
             raise bad(f"tensor {name!r}: unsupported dtype or malformed entry {info!r}") from None
-        numel = 1
-        for s in shape:
-            if s < 0:
-                raise bad(f"tensor {name!r}: negative dimension in shape {shape}")
-            numel *= s
-        if not 0 <= start <= end or end - start != numel * dtype.itemsize:
+        if not all(_whole(v) and v >= 0 for v in shape + offsets) or len(offsets) != 2:
+            raise bad(f"tensor {name!r}: shape {shape} and data_offsets {offsets} must be whole numbers >= 0")
+        start, end = offsets
+        if start > end or end - start != math.prod(shape) * dtype.itemsize:
             raise bad(f"tensor {name!r}: data offsets {start}..{end} do not fit shape {shape} of {info['dtype']}")
         if base + end > size:
             raise bad(f"tensor {name!r} ends at byte {base + end} but the file has {size} bytes")
-    return header, base
+        spans.append((start, end, name))
+    # the tensors tile the data buffer exactly: no overlap (two names sharing bytes), no gap, nothing after
+    position = 0
+    for start, end, name in sorted(spans):
+        if start != position:
+            raise bad(f"tensor {name!r} starts at data offset {start}, expected {position} (tensors overlap or "
+                      "leave a gap)")
+        position = end
+    if base + position != size:
+        raise bad(f"the tensors end at byte {base + position} but the file has {size} bytes")
+    return header, base, meta or {}
 
 
 def read_safetensors(path: str | os.PathLike, dtype: str | torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -326,11 +387,10 @@ def read_safetensors(path: str | os.PathLike, dtype: str | torch.dtype | None = 
     """
     path = Path(path)
     dtype = parse_dtype(dtype)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such safetensors file")
+    _require_file(path, "safetensors")
     size = path.stat().st_size
     with open(path, "rb") as f:
-        header, base = _safetensors_header(path, f, size)
+        header, base, _ = _safetensors_header(path, f, size)
         storage = None
         out = {}
         for name, info in header.items():
@@ -352,20 +412,11 @@ def read_safetensors(path: str | os.PathLike, dtype: str | torch.dtype | None = 
 
 
 def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The `__metadata__` dict of a safetensors file (empty when absent)."""
+    """The `__metadata__` dict of a safetensors file (empty when absent); the header is validated."""
     path = Path(path)
+    _require_file(path, "safetensors")
     with open(path, "rb") as f:
-        size = path.stat().st_size
-        if size < 8:
-            raise CheckpointError(f"{path}: not a valid safetensors file ({size} bytes)")
-        n = int.from_bytes(f.read(8), "little")
-        if n > min(_MAX_HEADER, size - 8):
-            raise CheckpointError(f"{path}: not a valid safetensors file (header length {n})")
-        try:
-            meta = json.loads(f.read(n)).get("__metadata__") or {}
-        except (UnicodeDecodeError, json.JSONDecodeError, AttributeError) as e:
-            raise CheckpointError(f"{path}: not a valid safetensors header ({e})") from None
-    return meta
+        return _safetensors_header(path, f, path.stat().st_size)[2]
 
 
 def write_safetensors(tensors: dict[str, torch.Tensor], path: str | os.PathLike,

@@ -21,6 +21,7 @@ clips shorter than 3200 samples instead.
 
 from __future__ import annotations
 
+import math
 import warnings
 from pathlib import Path
 from typing import Any
@@ -29,7 +30,7 @@ import torch
 from torch import Tensor
 
 from harmonia.encoder import AudioEncoder, EncoderOutput, encode_in_chunks
-from harmonia.io import CheckpointError, check_type, parse_dtype
+from harmonia.io import CheckpointError, check_layer_count, check_tensors, check_type, parse_dtype
 from harmonia.layers.frontend import KALDI_SHIFT, KALDI_WINDOW, beats_fbank
 from harmonia.models.beats import (
     BeatsConfig,
@@ -78,8 +79,10 @@ class BeatsEncoder(AudioEncoder):
         if layer is not None and not (0 <= layer <= L or -L <= layer < 0):
             raise ValueError(f"layer={layer}: this model has {L} layers; expected 0..{L} (state after k "
                              f"layers) or a negative index")
-        if chunk_seconds is not None and patch_rows(int(chunk_seconds * self.sampling_rate)) < 1:
-            raise ValueError(f"chunk_seconds={chunk_seconds}: must cover at least one patch row (0.175 s)")
+        if chunk_seconds is not None and not (math.isfinite(chunk_seconds)
+                                              and patch_rows(int(chunk_seconds * self.sampling_rate)) >= 1):
+            raise ValueError(f"chunk_seconds={chunk_seconds}: must be a finite number of seconds covering at least "
+                             "one patch row (0.175 s), or None (never chunk)")
         self.model = model.eval()
         self.cfg: BeatsConfig = model.cfg
         self.layout, self.mask, self.chunk_seconds = layout, mask, chunk_seconds
@@ -181,8 +184,12 @@ def build_model(cfg: BeatsConfig, state: dict[str, Tensor], source: str, dtype: 
                 device: str | torch.device | None = None) -> BeatsModel:
     """Build on the meta device and adopt the (possibly memory-mapped) tensors: no second copy."""
     cls = BeatsTokenizerModel if isinstance(cfg, TokenizerConfig) else BeatsModel
-    with torch.device("meta"):
-        model = cls(cfg)
+    check_layer_count(state, "encoder.layers.", cfg.encoder_layers, source, "encoder_layers")
+    try:
+        with torch.device("meta"):
+            model = cls(cfg)
+    except RuntimeError as e:  # sizes beyond what torch can address (e.g. encoder_embed_dim=10**9)
+        raise CheckpointError(f"{source}: cannot build {cls.__name__} with this config ({e}); fix the config") from None
     load_state_strict(model, state, source, assign=True)
     # buffers the checkpoint does not hold are rebuilt on the CPU
     model = model.to(device=device or "cpu", dtype=dtype) if (dtype or device) else model
@@ -209,6 +216,7 @@ def encoder_from_reference(cfg: dict[str, Any], state: dict[str, Tensor], source
                            **options: Any) -> BeatsEncoder:
     """A Microsoft / OpenBEATs / ESPnet state dict (reference key names) + its cfg dict."""
     build, options = _split_options(options)
+    check_tensors(state, source)
     config = config_from_reference(cfg, state, flavour, source)
     if is_tokenizer_state(state):
         config = tokenizer_config_from(config, state, cfg)
@@ -300,10 +308,11 @@ def from_dir(path: Path, **options: Any) -> BeatsEncoder:
     raise ValueError(f"{path}: not a BEATs checkpoint directory")
 
 
-def from_harmonia(config: dict[str, Any], state: dict[str, Tensor], **options: Any) -> BeatsEncoder:
+def from_harmonia(config: dict[str, Any], state: dict[str, Tensor], source: str = "harmonia checkpoint",
+                  **options: Any) -> BeatsEncoder:
     build, options = _split_options(options)
     cls = TokenizerConfig if config.get("tokenizer") else BeatsConfig
     cfg = cls.from_dict(config["config"])
-    model = build_model(cfg, state, "harmonia checkpoint", **build)
+    model = build_model(cfg, state, source, **build)
     return _encoder(model, {**config.get("options", {}), **options})
 

@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from harmonia.encoder import AudioEncoder, EncoderOutput, encode_in_chunks
-from harmonia.io import CheckpointError, check_type, parse_dtype, read_safetensors
+from harmonia.io import CheckpointError, check_tensors, check_type, parse_dtype, read_safetensors
 from harmonia.models.dasheng import (
     PRESETS,
     Dasheng,
@@ -134,6 +134,7 @@ def _make(cfg: DashengConfig, state: Mapping[str, Tensor], source: str, layer: i
 
 def _from_reference_state(state: Mapping[str, Tensor], stored: Mapping | None, source: str,
                           num_heads: int | None = None, **options) -> DashengEncoder:
+    check_tensors(state, source)
     try:
         cfg = infer_config(state, stored, num_heads=num_heads)
         check_frontend_buffers(state, cfg)
@@ -173,7 +174,7 @@ def sniff_dir(path: str | os.PathLike) -> bool:
     try:
         cfg = json.loads((path / "config.json").read_text())
         return cfg.get("model_type") == "dasheng" or "DashengModel" in (cfg.get("architectures") or [])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError):
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, AttributeError, TypeError):
         return False
 
 
@@ -201,7 +202,7 @@ def from_dir(path: str | os.PathLike, num_heads: int | None = None, weights: str
     weights = Path(weights) if weights is not None else path / "model.safetensors"
     try:
         arch = hf_architecture(json.loads((path / "config.json").read_text()))
-    except ValueError as e:  # not JSON, or a field of the wrong type
+    except (ValueError, RecursionError) as e:  # not JSON (or nested too deep), or a field of the wrong type
         raise CheckpointError(f"{path / 'config.json'}: {e}") from None
     # with a dtype, matrices are converted while read (no fp32 copy stays resident)
     raw = read_safetensors(weights, options.get("dtype"))
@@ -219,8 +220,9 @@ def from_dir(path: str | os.PathLike, num_heads: int | None = None, weights: str
     return enc
 
 
-def from_harmonia(config: dict, state: Mapping[str, Tensor], **options) -> DashengEncoder:
+def from_harmonia(config: dict, state: Mapping[str, Tensor], source: str = "harmonia checkpoint",
+                  **options) -> DashengEncoder:
     """harmonia's own format: config.json {'family', 'model', 'options'} + our state dict."""
     cfg = DashengConfig.from_dict(config["model"])
     opts = {**config.get("options", {}), **options}
-    return _make(cfg, state, "harmonia checkpoint", **opts)
+    return _make(cfg, state, source, **opts)

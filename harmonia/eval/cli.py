@@ -36,8 +36,9 @@ def add_parser(subparsers) -> None:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from harmonia.eval.runner import evaluate, load_encoder_source
+    from harmonia.eval.runner import check_seeds, evaluate, load_encoder_source
 
+    check_seeds(args.seeds)  # before loading the model
     encoder = load_encoder_source(args.model, device=args.device)
     results = evaluate(encoder, args.tasks, args.data_root, args.out, mode=args.mode, seeds=args.seeds,
                        cache_dir=args.cache_dir, model_name=str(args.model), progress=not args.no_progress)

@@ -38,11 +38,13 @@ every clip protocol uses); frame tasks store the frames.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
 import os
 import shutil
+import sys
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -56,6 +58,12 @@ from harmonia.audio import AudioError, pad_batch
 from harmonia.encoder import AudioEncoder
 from harmonia.eval.readers import ShardScan, find_shards, read_audio_shard
 from harmonia.eval.tasks import EvalDataError, Task
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no lock (one evaluation per cache at a time)
+    fcntl = None
+
 from harmonia.io import (
     CheckpointError,
     read_safetensors,
@@ -188,7 +196,7 @@ class PartitionState:
         """Parse and check state.json; anything unexpected is a CacheCorruptError naming it."""
         try:
             state = cls(**json.loads(path.read_text(encoding="utf-8")))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, TypeError) as e:
             raise CacheCorruptError(f"{path}: unreadable cache state ({type(e).__name__}: {e})") from None
         counters = (state.next_clip, state.next_crop, state.batch_index)
         if not (isinstance(state.shards, list) and all(isinstance(s, list) for s in state.shards)
@@ -314,7 +322,7 @@ def read_chunk(path: Path, record: dict) -> tuple[dict[str, torch.Tensor], dict]
         n = len(items["keys"])
         ok = (n == record["items"] == len(items["clips"]) == len(items["jsons"]) == tensors["pooled"].shape[0]
               and ("frames" not in tensors or sum(items["lengths"]) == tensors["frames"].shape[0]))
-    except (CheckpointError, KeyError, TypeError, json.JSONDecodeError) as e:
+    except (CheckpointError, KeyError, TypeError, json.JSONDecodeError, RecursionError) as e:
         raise CacheCorruptError(f"{path}: unreadable cache chunk ({type(e).__name__}: {e})") from None
     if not ok:
         raise CacheCorruptError(f"{path}: cache chunk contents do not match its item counts")
@@ -346,7 +354,43 @@ def load_partition(pdir: Path) -> Embeddings:
     return out
 
 
+@contextlib.contextmanager
+def partition_lock(pdir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on one partition of the cache for its whole resume / encode / load, so
+    that evaluations sharing a cache (two `harmonia evaluate` runs, parallel jobs) never write the
+    same files: the second waits, then reads what the first encoded."""
+    pdir.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        yield
+        return
+    with open(pdir.parent / f".{pdir.name}.lock", "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print(f"[harmonia evaluate] {pdir} is being encoded by another process; waiting for it",
+                  file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _own_dir(path: Path) -> None:
+    """Make `path` a real directory of the cache. harmonia never writes symbolic links inside the cache
+    root, so one found there was planted (the default cache lives in the data root, which others may
+    write to): it is removed, never followed, so that emptying a partition cannot delete files
+    elsewhere. (The cache root itself may be a link.)"""
+    if path.is_symlink():
+        warnings.warn(f"{path}: a symbolic link inside the embedding cache (harmonia never writes one); "
+                      "removing the link, not its target", CacheWarning, stacklevel=3)
+        path.unlink()
+    path.mkdir(parents=True, exist_ok=True)
+
+
 def _reset(pdir: Path) -> None:
+    if pdir.is_symlink():
+        pdir.unlink()
     shutil.rmtree(pdir, ignore_errors=True)
     pdir.mkdir(parents=True)
 
@@ -383,7 +427,8 @@ class EmbeddingCache:
         resumed after an interruption and encoded again where a cache file is corrupt."""
         shards = find_shards(task, data_root)
         tdir = self.task_dir(task)
-        tdir.mkdir(parents=True, exist_ok=True)
+        for d in (tdir.parent, tdir):
+            _own_dir(d)
         write_json_atomic(tdir / "fingerprint.json", {"encoder": self.enc_fp,
                                                       "protocol": protocol_fingerprint(task, self.mode)},
                           indent=2, sort_keys=True)
@@ -392,16 +437,19 @@ class EmbeddingCache:
     def embed_partition(self, task: Task, shards: list[Path], pdir: Path) -> Embeddings:
         """One partition: resume (or start), encode what is missing, load and verify. A corrupt
         cache file is named in a CacheWarning and the partition is encoded from scratch, once (a
-        second failure, right after a fresh encoding, raises)."""
+        second failure, right after a fresh encoding, raises). Another process encoding the same
+        partition is waited for (`partition_lock`)."""
         sigs = [_shard_sig(p) for p in shards]
-        try:
-            return self._resume_encode_load(task, shards, pdir, sigs)
-        except CacheCorruptError as e:
-            warnings.warn(f"{e}; encoding {pdir} again", CacheWarning, stacklevel=2)
-            _reset(pdir)
-            emb = self._resume_encode_load(task, shards, pdir, sigs)
-            emb.repaired = [str(e)]
-            return emb
+        with partition_lock(pdir):
+            _own_dir(pdir)
+            try:
+                return self._resume_encode_load(task, shards, pdir, sigs)
+            except CacheCorruptError as e:
+                warnings.warn(f"{e}; encoding {pdir} again", CacheWarning, stacklevel=2)
+                _reset(pdir)
+                emb = self._resume_encode_load(task, shards, pdir, sigs)
+                emb.repaired = [str(e)]
+                return emb
 
     def _resume_encode_load(self, task: Task, shards: list[Path], pdir: Path, sigs: list) -> Embeddings:
         state = self._resume(pdir, sigs)

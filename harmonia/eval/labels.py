@@ -114,23 +114,29 @@ class LabelCoder:
                 raise _bad(t, where, f"the label function to return a ({self.num_classes}, T) tensor", target)
             return target.float().T.contiguous()
         index = self._index()
-        if t.label == "events":
-            n_frames = to_frames(t.label_duration_s or max([e["offset"] for e in j] + [0.0]))
-        else:
-            n_frames = to_frames(max([e["end"] for e in j] + [0.0]))
-        target = torch.zeros(n_frames, self.num_classes)
+        events = []
         for e in j:
             try:
                 if t.label == "events":
                     start, end, names = e["onset"], e["offset"], str(e["label"]).split(",")
                 else:
                     start, end, names = e["start"], e["end"], [str(int(e["note"]))]
-            except (KeyError, TypeError, ValueError):
+                start, end = float(start), float(end)
+            except (KeyError, TypeError, ValueError, OverflowError):
                 want = "{onset, offset, label}" if t.label == "events" else "{start, end, note}"
                 raise _bad(t, where, f"events of the form {want}", e) from None
+            # NaN, inf, negative or absurd times would crash (or silently index from the end)
+            if not 0 <= start <= end <= MAX_EVENT_SECONDS:
+                raise _bad(t, where, f"event times in seconds with 0 <= start <= end <= {MAX_EVENT_SECONDS}", e)
             for name in names:
                 if name not in index:
                     raise _bad(t, where, f"event labels among {self.classes}", name)
+            events.append((start, end, names))
+        last_end = max([end for _, end, _ in events] + [0.0])
+        n_frames = to_frames(t.label_duration_s or last_end if t.label == "events" else last_end)
+        target = torch.zeros(n_frames, self.num_classes)
+        for start, end, names in events:
+            for name in names:
                 target[to_frames(start):to_frames(end), index[name]] = 1.0
         return target
 
@@ -159,6 +165,9 @@ class LabelCoder:
         if not hasattr(self, "_cached_index"):
             self._cached_index = {c: i for i, c in enumerate(self.classes)}
         return self._cached_index
+
+
+MAX_EVENT_SECONDS = 86_400  # a day: far beyond any clip, small enough that the frame target fits in memory
 
 
 def _field(task: Task, j, where: str):

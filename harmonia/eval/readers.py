@@ -131,7 +131,7 @@ def read_audio_shard(path: str | os.PathLike, scan: ShardScan | None = None) -> 
         else:
             try:
                 meta = json.loads(members["json"].decode("utf-8"))
-            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
                 error = f"{where}: {key}.json is not valid UTF-8 JSON ({e})"
         if error is None and audio_ext is None:
             error = f"{where}: no audio member (expected one of {AUDIO_EXTS}; found {sorted(members)})"
@@ -157,7 +157,7 @@ def find_shards(task: Task, data_root: str | os.PathLike) -> dict[str, list[Path
     if missing:
         where = (f"X-ARES publishes them in Zenodo record {task.zenodo_id} ({task.zenodo_url}); download "
                  f"and unzip it into {task_dir}/" if task.zenodo_id else
-                 "this task has no public source: write the shards yourself (specs/xares.md §4.4)")
+                 "this task has no public source: write the shards yourself")
         raise DatasetMissingError(
             f"task {task.name!r} ({task.formal_name}): no shards match {missing} in {task_dir}/. "
             f"Expected tar files of <key>.<audio ext> + <key>.json pairs. {where}.")

@@ -150,11 +150,35 @@ def task_chart(entry: dict, results: dict, path: Path) -> Path:
 
 
 def load_run(path: str | os.PathLike) -> dict:
+    """A run's results.json, checked for what the reports read; a damaged one is a ValueError naming it."""
     p = Path(path)
     p = p / "results.json" if p.is_dir() else p
     if not p.is_file():
         raise FileNotFoundError(f"{p}: no results.json; expected the --out directory of `harmonia evaluate`")
-    return json.loads(p.read_text())
+
+    def bad(what: str) -> ValueError:
+        return ValueError(f"{p}: not a results.json of `harmonia evaluate` ({what}); run that evaluation again "
+                          "(its embedding cache makes this quick) or leave the run out")
+
+    try:
+        results = json.loads(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
+        raise bad(f"not JSON: {e}") from None
+    if not isinstance(results, dict) or not isinstance(results.get("tasks"), dict):
+        raise bad("expected an object with a `tasks` object")
+    for key in ("model", "mode"):
+        if not isinstance(results.get(key), str):
+            raise bad(f"`{key}` must be a string, found {results.get(key)!r}")
+    if not isinstance(results.get("summary", {}), dict):
+        raise bad("`summary` must be an object")
+    for name, e in results["tasks"].items():
+        fields_ok = isinstance(e, dict) and all(isinstance(e.get(k), str) for k in ("status", "formal_name", "domain",
+                                                                                     "metric"))
+        tracks_ok = fields_ok and all(e.get(t) is None or (isinstance(e[t], dict) and isinstance(e[t].get("mean"), (int, float)))
+                                      for t in ("mlp", "knn"))
+        if not tracks_ok:
+            raise bad(f"task {name!r}: expected status, formal_name, domain, metric and mlp/knn scores")
+    return results
 
 
 def combine_runs(runs: list[dict], track: str = "mlp") -> tuple[list[str], list[list[str]]]:

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from harmonia.encoder import AudioEncoder
 from harmonia.eval import metrics as M
@@ -37,6 +38,17 @@ MODE_NOTES = {
 }
 
 
+MAX_SEEDS = 100  # probe seeds per task in clean mode; each is a full probe training per fold
+
+
+def check_seeds(seeds: object) -> int:
+    """The number of probe seeds, a whole number in 1..MAX_SEEDS (checked before any work)."""
+    if not (isinstance(seeds, int) and not isinstance(seeds, bool) and 1 <= seeds <= MAX_SEEDS):
+        raise ValueError(f"seeds: expected a whole number in 1..{MAX_SEEDS} (probe trainings per task in clean "
+                         f"mode; 3 is the default), found {seeds!r}")
+    return seeds
+
+
 def load_encoder_source(source: str | os.PathLike, device: str | None = None) -> AudioEncoder:
     """`harmonia.load_encoder(source)`, or an X-ARES style encoder file `path.py[:ClassName]` whose
     class (the one attribute ending in "Encoder" when no name is given) is built with no arguments."""
@@ -48,13 +60,24 @@ def load_encoder_source(source: str | os.PathLike, device: str | None = None) ->
             raise FileNotFoundError(f"{file}: no such encoder file; expected a .py file defining an Encoder class")
         spec = importlib.util.spec_from_file_location(f"harmonia_user_encoder_{file.stem}", file)
         module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+        try:
+            spec.loader.exec_module(module)
+        except (Exception, SystemExit) as e:  # the file's own code (even sys.exit): a bad encoder file
+            raise ValueError(f"{file}: the encoder file failed to run ({type(e).__name__}: {e}); --debug shows "
+                             "where") from e
         names = [attr] if attr else [n for n in vars(module) if n.endswith("Encoder") and isinstance(getattr(module, n), type)
                                       and getattr(module, n).__module__ == module.__name__]
         if len(names) != 1 or not hasattr(module, names[0]):
             raise ValueError(f"{file}: expected exactly one class whose name ends in 'Encoder' (or name it: "
                              f"{file}:ClassName), found {names}")
-        encoder = getattr(module, names[0])()
+        try:
+            encoder = getattr(module, names[0])()
+        except (Exception, SystemExit) as e:
+            raise ValueError(f"{file}: {names[0]}() failed ({type(e).__name__}: {e}); the class must build with no "
+                             "arguments, as X-ARES builds it; --debug shows where") from e
+        if not isinstance(encoder, nn.Module):
+            raise ValueError(f"{file}: {names[0]}() is a {type(encoder).__name__}; expected a torch.nn.Module with "
+                             "sampling_rate, output_dim and hop_size_in_ms (the X-ARES encoder contract)")
     else:
         from harmonia.hub import load_encoder
 
@@ -76,8 +99,7 @@ def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os
 
     if mode not in MODE_NOTES:
         raise ValueError(f"mode must be one of {sorted(MODE_NOTES)}, found {mode!r}")
-    if seeds < 1:
-        raise ValueError(f"seeds must be >= 1, found {seeds}")
+    check_seeds(seeds)
     names = [t for t in tasks if not isinstance(t, Task)]
     task_list = [t for t in tasks if isinstance(t, Task)] + (resolve_tasks(names, encoder) if names else [])
     out_dir = Path(out_dir)

@@ -56,12 +56,20 @@ def _number(v) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
+def _whole_in(lo: int, hi: int) -> tuple[str, Callable]:
+    return f"a whole number in {lo}..{hi}", lambda v: _whole(v) and lo <= v <= hi
+
+
+def _number_in(hi: float, what: str = "a number") -> tuple[str, Callable]:
+    return f"{what} > 0 and <= {hi:g}", lambda v: _number(v) and 0 < v <= hi
+
+
+# Upper bounds are sanity limits far above every X-ARES task (crops <= 30 s, <= 1251 classes,
+# <= 50 epochs): a typo such as 1e9 is refused here instead of exhausting memory or running forever.
 _STR = ("a string", lambda v: isinstance(v, str))
 _BOOL = ("true or false", lambda v: isinstance(v, bool))
-_POS_INT = ("a whole number >= 1", lambda v: _whole(v) and v >= 1)
 _NONNEG_INT = ("a whole number >= 0", lambda v: _whole(v) and v >= 0)
-_POS_NUM = ("a number > 0", lambda v: _number(v) and v > 0)
-_SECONDS = ("a number of seconds > 0", lambda v: _number(v) and v > 0)
+_SECONDS = _number_in(3600, "a number of seconds")
 _STRS = ("a list of strings", lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v))
 _GLOBS = ("an object of partition: shard glob strings",
           lambda v: isinstance(v, tuple) and all(isinstance(p, tuple) and len(p) == 2
@@ -69,13 +77,14 @@ _GLOBS = ("an object of partition: shard glob strings",
 # field -> ((what it must be, check), None allowed)
 _FIELD_RULES = {
     "name": (_STR, False), "formal_name": (_STR, False), "domain": (_STR, False), "type": (_STR, False),
-    "label": (_STR, False), "label_key": (_STR, True), "num_classes": (_POS_INT, True),
+    "label": (_STR, False), "label_key": (_STR, True), "num_classes": (_whole_in(1, 100_000), True),
     "classes": (_STRS, True), "metric": (_STR, False), "weight": (_NONNEG_INT, True),
     "train_split": (_STR, True), "valid_split": (_STR, True), "test_split": (_STR, True),
     "folds": (_STRS, True), "fold_pattern": (_STR, False), "knn": (_BOOL, False),
-    "crop_length": (_SECONDS, True), "encode_batch_size": (_POS_INT, False), "epochs": (_POS_INT, False),
-    "batch_size": (_POS_INT, False), "learning_rate": (_POS_NUM, False), "segment_length_s": (_SECONDS, True),
-    "label_duration_s": (_SECONDS, True), "pos_weight": (_POS_NUM, True), "zenodo_id": (_STR, True),
+    "crop_length": (_SECONDS, True), "encode_batch_size": (_whole_in(1, 4096), False),
+    "epochs": (_whole_in(1, 10_000), False), "batch_size": (_whole_in(1, 65_536), False),
+    "learning_rate": (_number_in(10), False), "segment_length_s": (_SECONDS, True),
+    "label_duration_s": (_SECONDS, True), "pos_weight": (_number_in(1e6), True), "zenodo_id": (_STR, True),
     "table1": (_BOOL, False), "shard_globs": (_GLOBS, True),
     "label_fn": (("a function", callable), True), "extra": (("an object", lambda v: isinstance(v, dict)), False),
 }
@@ -131,8 +140,9 @@ class Task:
             if not (ok(value) or (optional and value is None)):
                 raise bad(f"field `{f.name}` must be {expected}{' or null' if optional else ''}, "
                           f"found {value!r} ({type(value).__name__})")
-        if not self.name or "/" in self.name or "\\" in self.name or self.name in (".", ".."):
-            raise bad("`name` must be a non-empty directory name without '/'")
+        if (not self.name or any(c in self.name for c in "/\\\0") or self.name in (".", "..")
+                or len(self.name.encode("utf-8", "surrogatepass")) > 200):
+            raise bad("`name` must be a directory name: not empty, at most 200 bytes, without '/', '\\' or NUL")
         if self.type not in _TYPES:
             raise bad(f"`type` must be one of {_TYPES}, found {self.type!r}")
         if self.label not in _LABEL_KINDS:
@@ -165,6 +175,17 @@ class Task:
             missing = sorted(set(self._partition_names()) - {p for p, _ in self.shard_globs})
             if missing:
                 raise bad(f"`shard_globs` has no shard pattern for partitions {missing}")
+        try:
+            globs = self.partitions()
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError, OverflowError, MemoryError) as e:
+            raise bad(f"`fold_pattern` {self.fold_pattern!r} cannot be formatted with k=<fold> ({type(e).__name__}: "
+                      f"{e}); write the fold as {{k}} (or {{k:02d}} for whole-number folds)") from None
+        if any(len(g) > 1024 for g in globs.values()):
+            raise bad("a shard glob is longer than 1024 characters; check `fold_pattern` / `shard_globs`")
+        for part, g in globs.items():
+            if not g.strip() or Path(g).is_absolute():
+                raise bad(f"shard glob {g!r} of partition {part!r} must be a non-empty pattern relative to the "
+                          f"task's folder <data root>/{self.name}/ (e.g. '{part}*.tar')")
 
     # ----------------------------------------------------------------------------------------------
     def partitions(self) -> dict[str, str]:
@@ -322,15 +343,15 @@ def load_task_file(path: str | os.PathLike, encoder=None) -> Task:
         raise TaskError(f"{path}: no such task file; expected a .json or .py file describing a task")
     if path.suffix == ".json":
         try:
-            spec = json.loads(path.read_text(encoding="utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            spec = json.loads(path.read_text(encoding="utf-8-sig"))  # -sig: a BOM (Windows editors) is not an error
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
             raise TaskError(f"{path}: not valid JSON ({e}); expected an object with the task's fields") from e
         return task_from_dict(spec, source=str(path))
     if path.suffix != ".py":
         raise TaskError(f"{path}: expected a .json or .py task file, found suffix {path.suffix!r}")
     try:
         module = exec_task_module(path)
-    except Exception as e:  # the file's own code: any failure means a bad task file
+    except (Exception, SystemExit) as e:  # the file's own code (even sys.exit): a bad task file
         raise TaskError(f"{path}: the task file failed to run ({type(e).__name__}: {e})") from e
     if hasattr(module, "TASK"):
         return module.TASK if isinstance(module.TASK, Task) else task_from_dict(module.TASK, source=str(path))
@@ -341,7 +362,7 @@ def load_task_file(path: str | os.PathLike, encoder=None) -> Task:
     (fname, fn), = functions.items()
     try:
         config = fn(encoder)
-    except Exception as e:  # the file's own code
+    except (Exception, SystemExit) as e:  # the file's own code
         raise TaskError(f"{path}: {fname}(encoder) failed ({type(e).__name__}: {e})") from e
     return task_from_xares_config(config, source=f"{path}:{fname}")
 
@@ -352,24 +373,32 @@ _XARES_CRITERIA = {"clip": ("CrossEntropyLoss", "BCEWithLogitsLoss"), "frame": (
 
 def task_from_xares_config(cfg: TaskConfig, source: str = "<TaskConfig>") -> Task:
     """The `Task` an X-ARES `TaskConfig` describes: splits or folds with their shard globs, crop
-    length, `label_processor` (label "function"), `eval_weight`, epochs, batch sizes, lr, metric."""
-    def bad(what: str) -> TaskError:
-        return TaskError(f"{source}: {what}")
-
+    length, `label_processor` (label "function"), `eval_weight`, epochs, batch sizes, lr, metric.
+    Anything unusable is one TaskError naming `source`."""
     if not isinstance(cfg, TaskConfig):
-        raise bad(f"the config function must return a TaskConfig, found {type(cfg).__name__}")
+        raise TaskError(f"{source}: the config function must return a TaskConfig, found {type(cfg).__name__}")
+    try:
+        return _task_of_xares_config(cfg, source)
+    except TaskError as e:
+        raise TaskError(f"{source}: {e}") from None
+    except (AttributeError, TypeError, ValueError) as e:  # a field of the wrong type, e.g. metric_args=None
+        raise TaskError(f"{source}: the TaskConfig it returns has a field of the wrong type ({type(e).__name__}: "
+                        f"{e}); compare it with xares 0.1.3's TaskConfig") from None
+
+
+def _task_of_xares_config(cfg: TaskConfig, source: str) -> Task:
     if cfg.task_type not in _XARES_CRITERIA:
-        raise bad(f"task_type {cfg.task_type!r} is not supported (harmonia scores clip, frame and contrastive "
-                  "tasks; X-ARES's ASR task needs a language-model decoder)")
+        raise TaskError(f"task_type {cfg.task_type!r} is not supported (harmonia scores clip, frame and "
+                        "contrastive tasks; X-ARES's ASR task needs a language-model decoder)")
     criterion = cfg.criterion if isinstance(cfg.criterion, str) else type(cfg.criterion).__name__
     if criterion not in _XARES_CRITERIA[cfg.task_type]:
-        raise bad(f"criterion {criterion!r} is not supported for {cfg.task_type} tasks "
-                  f"(supported: {_XARES_CRITERIA[cfg.task_type]})")
+        raise TaskError(f"criterion {criterion!r} is not supported for {cfg.task_type} tasks "
+                        f"(supported: {_XARES_CRITERIA[cfg.task_type]})")
     pos_weight = getattr(cfg.criterion, "pos_weight", None)
     if cfg.task_type == "contrastive":
         label, label_fn = "captions", None  # Clotho: one item per caption of the sample's JSON
     elif cfg.label_processor is None:
-        raise bad("`label_processor` is not set: it turns a sample's JSON into the target")
+        raise TaskError("`label_processor` is not set: it turns a sample's JSON into the target")
     else:
         label, label_fn = "function", cfg.label_processor
     names = dict(cfg.audio_tar_name_of_split)
@@ -381,19 +410,16 @@ def task_from_xares_config(cfg: TaskConfig, source: str = "<TaskConfig>") -> Tas
         parts = {"train_split": cfg.train_split, "valid_split": cfg.valid_split, "test_split": cfg.test_split,
                  "shard_globs": tuple((s, names.get(s)) for s in splits)}
     builtin = BUILTIN_TASKS.get(cfg.name)
-    try:
-        return Task(
-            cfg.name, cfg.formal_name, builtin.domain if builtin else "custom", type=cfg.task_type, label=label,
-            label_fn=label_fn, num_classes=cfg.output_dim, metric=cfg.metric, weight=cfg.eval_weight,
-            knn=bool(cfg.do_knn) and cfg.task_type == "clip", crop_length=cfg.crop_length,
-            encode_batch_size=cfg.batch_size_encode, epochs=cfg.epochs, batch_size=cfg.batch_size_train,
-            learning_rate=cfg.learning_rate, segment_length_s=cfg.metric_args.get("segment_length_in_s"),
-            pos_weight=float(pos_weight) if pos_weight is not None else None, zenodo_id=cfg.zenodo_id,
-            table1=builtin.table1 if builtin else False, **parts,
-            extra={"source": source, "format": "X-ARES 0.1.3 task module", "disabled": bool(cfg.disabled),
-                   "private": bool(cfg.private), "batch_size_valid": cfg.batch_size_valid, "seed": cfg.seed})
-    except TaskError as e:
-        raise bad(str(e)) from None
+    return Task(
+        cfg.name, cfg.formal_name, builtin.domain if builtin else "custom", type=cfg.task_type, label=label,
+        label_fn=label_fn, num_classes=cfg.output_dim, metric=cfg.metric, weight=cfg.eval_weight,
+        knn=bool(cfg.do_knn) and cfg.task_type == "clip", crop_length=cfg.crop_length,
+        encode_batch_size=cfg.batch_size_encode, epochs=cfg.epochs, batch_size=cfg.batch_size_train,
+        learning_rate=cfg.learning_rate, segment_length_s=cfg.metric_args.get("segment_length_in_s"),
+        pos_weight=float(pos_weight) if pos_weight is not None else None, zenodo_id=cfg.zenodo_id,
+        table1=builtin.table1 if builtin else False, **parts,
+        extra={"source": source, "format": "X-ARES 0.1.3 task module", "disabled": bool(cfg.disabled),
+               "private": bool(cfg.private), "batch_size_valid": cfg.batch_size_valid, "seed": cfg.seed})
 
 
 def task_from_dict(spec: dict, source: str = "<dict>") -> Task:
@@ -453,7 +479,8 @@ def resolve_tasks(items: list[str] | tuple[str, ...], encoder=None) -> list[Task
     (`encoder` is passed to X-ARES task modules)."""
     out: dict[str, Task] = {}
     for item in items:
-        for part in str(item).split(","):
+        # an existing file is one task file even if its name contains a comma
+        for part in [str(item)] if Path(item).is_file() else str(item).split(","):
             part = part.strip()
             if not part:
                 continue

@@ -129,7 +129,7 @@ def exec_task_module(path: Path) -> types.ModuleType:
     module = types.ModuleType(f"harmonia_task_{path.stem}")
     module.__file__ = str(path)
     module.__builtins__ = {**vars(builtins), "__import__": _import}
-    exec(compile(path.read_text(encoding="utf-8"), str(path), "exec"), vars(module))
+    exec(compile(path.read_text(encoding="utf-8-sig"), str(path), "exec"), vars(module))
     return module
 
 

@@ -76,6 +76,14 @@ class BeatsConfig:
                 raise ValueError(f"BeatsConfig.{name}={getattr(self, name)!r}: {msg}")
 
         need(self.input_patch_size > 0, "input_patch_size", "must be a positive patch size (16 in every release)")
+        for name in ("embed_dim", "encoder_embed_dim", "encoder_ffn_embed_dim", "encoder_attention_heads", "conv_pos",
+                     "conv_pos_groups"):
+            need(getattr(self, name) >= 1, name, "must be a positive integer")
+        need(math.isfinite(self.fbank_mean), "fbank_mean", "must be a finite number")
+        need(0 < self.fbank_std < math.inf, "fbank_std", "must be a finite number > 0")
+        for name in ("dropout", "attention_dropout", "activation_dropout", "encoder_layerdrop", "dropout_input",
+                     "predictor_dropout"):
+            need(0 <= getattr(self, name) <= 1, name, "must be a probability in [0, 1]")
         need(128 % self.input_patch_size == 0, "input_patch_size", "must divide the 128 mel bins")
         need(self.encoder_embed_dim % self.encoder_attention_heads == 0, "encoder_attention_heads",
              f"must divide encoder_embed_dim={self.encoder_embed_dim}")
@@ -87,7 +95,6 @@ class BeatsConfig:
         need(self.num_buckets >= 4 and self.num_buckets % 2 == 0, "num_buckets", "must be an even number >= 4")
         need(self.max_distance > self.num_buckets // 4, "max_distance",
              f"must exceed num_buckets//4={self.num_buckets // 4}")
-        need(self.fbank_std > 0, "fbank_std", "must be positive")
 
     @property
     def head_dim(self) -> int:

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harmonia.io import check_fields, check_state_dict, check_type
+from harmonia.io import CheckpointError, check_fields, check_layer_count, check_state_dict, check_type
 from harmonia.layers.frontend import htk_mel_filterbank, power_mel, power_to_db
 
 # -------------------------------------------------------------------------------------------------
@@ -67,12 +67,17 @@ class DashengConfig:
         for name in positive:
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"DashengConfig.{name} must be a positive integer, found {getattr(self, name)}")
+        if len(self.patch_size) != 2 or min(self.patch_size) < 1:
+            raise ValueError(f"DashengConfig.patch_size must be two positive integers (n_mels, 4), found "
+                             f"{self.patch_size}")
+        for name in ("mlp_ratio", "top_db", "norm_eps", "bn_eps"):  # NaN and inf included
+            if not 0 < getattr(self, name) < math.inf:
+                raise ValueError(f"DashengConfig.{name} must be a finite number > 0, found {getattr(self, name)} "
+                                 f"(released value: {getattr(DashengConfig, name)})")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"DashengConfig.embed_dim ({self.embed_dim}) must be divisible by num_heads "
                              f"({self.num_heads}); pick num_heads from the released preset "
                              f"({', '.join(f'{k}: {v.num_heads}' for k, v in PRESETS.items())})")
-        if self.mlp_ratio <= 0:
-            raise ValueError(f"DashengConfig.mlp_ratio must be > 0 (4.0 in the releases), found {self.mlp_ratio}")
         if len(self.patch_size) != 2 or self.patch_size[0] != self.n_mels:
             raise ValueError(f"DashengConfig.patch_size must be (n_mels, frames) = ({self.n_mels}, 4): one "
                              f"patch spans every mel bin; found {self.patch_size}")
@@ -371,8 +376,13 @@ def build_model(cfg: DashengConfig, state: Mapping[str, Tensor], dtype: torch.dt
     """Build on the meta device and adopt the (possibly memory-mapped) tensors of `state` (our key
     names) with `assign=True`: no second copy of the weights is ever allocated. Strict: one error
     lists every missing and unexpected key. `dtype` casts the weights (the mel BatchNorm stays fp32)."""
-    with torch.device("meta"):
-        model = Dasheng(cfg)
+    check_layer_count(state, "blocks.", cfg.depth, source, "depth")
+    try:
+        with torch.device("meta"):
+            model = Dasheng(cfg)
+    except RuntimeError as e:  # sizes beyond what torch can address (e.g. embed_dim=10**9)
+        raise CheckpointError(f"{source}: cannot build Dasheng embed_dim={cfg.embed_dim}, depth={cfg.depth} "
+                              f"({e}); fix the config") from None
     check_state_dict(model.state_dict(), state, source, f"Dasheng embed_dim={cfg.embed_dim}, depth={cfg.depth}")
     typed = {}
     for k, v in state.items():
