@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harmonia.cli import add_allow_partial, device, partial_exit, positive_int, report_failures, seconds
+from harmonia.cli_args import add_allow_partial, device, partial_exit, positive_int, report_failures, seconds
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

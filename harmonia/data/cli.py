@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from harmonia.cli import (
+from harmonia.cli_args import (
     add_allow_partial,
     non_negative_int,
     one_line,

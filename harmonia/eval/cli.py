@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from harmonia.cli import add_allow_partial, partial_exit, positive_int, report_failures
+from harmonia.cli_args import add_allow_partial, partial_exit, positive_int, report_failures
 
 
 def add_parser(subparsers) -> None:
