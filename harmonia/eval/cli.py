@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from harmonia.cli_args import add_allow_partial, partial_exit, positive_int, report_failures
+from harmonia.cli_args import add_allow_partial, device, partial_exit, positive_int, report_failures
 
 
 def add_parser(subparsers) -> None:
@@ -23,7 +23,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seeds", type=positive_int, default=3, help="probe seeds in clean mode (mean ± std); default 3")
     p.add_argument("--out", required=True, help="output directory for the reports")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: <data-root>/.harmonia_cache)")
-    p.add_argument("--device", default=None, help="encoder device, e.g. cuda")
+    p.add_argument("--device", type=device, default=None, help="encoder device, e.g. cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_allow_partial(p)
     p.set_defaults(func=_evaluate)

@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+from harmonia.cli_args import positive_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="a recipe of harmonia.recipes.pretrain, e.g. beats_tiny_debug, beats_base, "
@@ -19,7 +21,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set data.shards=DIR --set optim.lr=1e-4")
     p.add_argument("--export", metavar="DIR", help="write the trained encoder in harmonia's format")
-    p.add_argument("--iterations", type=int, default=1,
+    p.add_argument("--iterations", type=positive_int, default=1,
                    help="BEATs iterations (tokenizer -> encoder -> VQ-KD tokenizer -> ...); exports under run.out_dir")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     p.add_argument("--override-resume-config", action="store_true",
