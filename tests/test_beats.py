@@ -339,3 +339,5 @@ def test_dtype_option(inp):
         warnings.simplefilter("ignore")
         out = enc(inp["wav_a"][:16000])
     assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    ref = load_encoder(MS)(inp["wav_a"][:16000])  # the same weights in fp32
+    assert torch.nn.functional.cosine_similarity(out[0], ref[0], dim=-1).min() > 0.99
