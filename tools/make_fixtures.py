@@ -372,7 +372,7 @@ def make_dasheng(out: Path, hf_code: Path | None) -> None:
               "wav_min": (0.5 * tone * 32767).round().to(torch.int16),
               "batch_lengths": torch.tensor([24000, 64000, 200000])}
     save_file(inputs, out / "inputs.safetensors")
-    x = {k: v.float() / 32768.0 for k, v in inputs.items() if k.startswith("wav_")}
+    x = {k[4:]: v.float() / 32768.0 for k, v in inputs.items() if k.startswith("wav_")}
     for name, config, seed in (("a", dict(embed_dim=64, depth=3, num_heads=4), 1234),
                                ("b", dict(embed_dim=64, depth=2, num_heads=2, mlp_ratio=2.0, init_values=0.1,
                                           target_length=400), 5678)):
