@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Re-create the golden parity fixtures in tests/fixtures/{beats,dasheng} with the reference code.
+"""Re-create the golden parity fixtures in tests/fixtures/{beats,dasheng,audio} with the reference code.
 
 Run it with the python of the side environment that tools/make_reference_env.sh builds (it holds
 the Microsoft BEATs sources, PyPI `openbeats` 0.1.1 with ESPnet's BeatsEncoder, PyPI `dasheng`
@@ -261,6 +261,17 @@ def dasheng_hf_folder(model_pt: Path, out: Path) -> None:
         (out / name).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+def audio_example(beats_dir: Path) -> bytes:
+    """tests/fixtures/audio/example.wav: the BEATs input `wav_a` as 16-bit PCM WAV."""
+    import io
+
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, load_file(beats_dir / "inputs.safetensors")["wav_a"].numpy(), SR, subtype="PCM_16", format="WAV")
+    return buf.getvalue()
+
+
 # -------------------------------------------------------------------------------------------------
 # make: seeded inputs and checkpoints (the recipe of the fixture READMEs)
 
@@ -439,6 +450,9 @@ def check(a) -> int:
         print("BEATs:")
         exp, report = beats_expected(a.fixtures / "beats")
         bad += _compare(a.fixtures / "beats" / "expected.safetensors", exp, a.atol)
+        same = audio_example(a.fixtures / "beats") == (a.fixtures / "audio" / "example.wav").read_bytes()
+        print(f"  {'ok ' if same else 'BAD'} audio/example.wav: {'byte-identical' if same else 'differs'}")
+        bad += not same
         print("  " + json.dumps(report))
     if a.family in ("dasheng", "all"):
         print("Dasheng:")
@@ -467,6 +481,8 @@ def check(a) -> int:
 def make(a) -> int:
     if a.family in ("beats", "all"):
         make_beats(a.out / "beats", a.seed)
+        (a.out / "audio").mkdir(parents=True, exist_ok=True)
+        (a.out / "audio" / "example.wav").write_bytes(audio_example(a.out / "beats"))
     if a.family in ("dasheng", "all"):
         make_dasheng(a.out / "dasheng", a.hf_dasheng)
     print(f"fixtures written to {a.out}")
