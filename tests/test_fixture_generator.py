@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = ROOT / "tests" / "fixtures"
@@ -30,6 +31,17 @@ def test_hugging_face_folder_is_a_pure_conversion_of_model_a(gen, tmp_path):
 
 def test_example_wav_is_the_beats_input_as_pcm16(gen):
     assert gen.audio_example(FIX / "beats") == (FIX / "audio" / "example.wav").read_bytes()
+
+
+def test_beats_inputs_follow_the_documented_recipe(gen):
+    from safetensors.torch import load_file
+
+    stored = load_file(str(FIX / "beats" / "inputs.safetensors"))
+    made = gen.beats_inputs(20230101)
+    assert made.keys() == stored.keys() and torch.equal(made["lengths_batch"], stored["lengths_batch"])
+    for k in ("wav_a", "wav_b"):  # one float32 ulp on a handful of samples at most (np.sin rounding)
+        torch.testing.assert_close(made[k], stored[k], rtol=0, atol=2e-8)
+        assert (made[k] != stored[k]).sum() < 50
 
 
 def test_documented_tolerances(gen):

@@ -32,6 +32,7 @@ import math
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
@@ -277,9 +278,9 @@ def audio_example(beats_dir: Path) -> bytes:
 
 
 def _chirp(n: int, f0: float, f1: float) -> torch.Tensor:
-    t = torch.arange(n, dtype=torch.float64) / SR
-    dur = n / SR
-    return torch.sin(2 * math.pi * (f0 * t + (f1 - f0) * t**2 / (2 * dur)))
+    """Linear chirp from f0 to f1 Hz over n samples, float64."""
+    t = np.arange(n) / SR
+    return torch.from_numpy(np.sin(2 * np.pi * (f0 * t + 0.5 * (f1 - f0) / (n / SR) * t**2)))
 
 
 def _perturb_beats(model: torch.nn.Module, g: torch.Generator) -> None:
@@ -295,6 +296,15 @@ def _perturb_beats(model: torch.nn.Module, g: torch.Generator) -> None:
             p.add_((0.1 if p.ndim == 1 else 0.02) * torch.randn(p.shape, generator=g))
 
 
+def beats_inputs(seed: int) -> dict[str, torch.Tensor]:
+    """inputs.safetensors: two noisy chirps. The stored file follows this recipe to within one
+    float32 ulp on a few samples (np.sin rounds differently on different CPUs)."""
+    rng = np.random.default_rng(seed)
+    wa = (0.4 * _chirp(51200, 200, 4000) + 0.05 * torch.from_numpy(rng.standard_normal(51200))).clamp(-1, 1)
+    wb = (0.3 * _chirp(80000, 6000, 300) + 0.1 * torch.from_numpy(rng.standard_normal(80000))).clamp(-1, 1)
+    return {"wav_a": wa.float(), "wav_b": wb.float(), "lengths_batch": torch.tensor([51200, 80000])}
+
+
 BEATS_FLAGS = dict(input_patch_size=16, conv_bias=False, activation_fn="gelu", layer_norm_first=False,
                    deep_norm=True, conv_pos=128, conv_pos_groups=16, relative_position_embedding=True,
                    num_buckets=320, max_distance=800, gru_rel_pos=True, dropout=0.0, attention_dropout=0.0,
@@ -306,10 +316,9 @@ def make_beats(out: Path, seed: int) -> None:
     BEATs, Tokenizers = _ms()
     g = torch.Generator().manual_seed(seed)
     out.mkdir(parents=True, exist_ok=True)
-    wa = (0.4 * _chirp(51200, 200, 4000) + 0.05 * torch.randn(51200, generator=g, dtype=torch.float64)).clamp(-1, 1)
-    wb = (0.3 * _chirp(80000, 6000, 300) + 0.1 * torch.randn(80000, generator=g, dtype=torch.float64)).clamp(-1, 1)
-    save_file({"wav_a": wa.float(), "wav_b": wb.float(), "lengths_batch": torch.tensor([51200, 80000])},
-              out / "inputs.safetensors")
+    inputs = beats_inputs(seed)
+    save_file(inputs, out / "inputs.safetensors")
+    wa, wb = inputs["wav_a"].double(), inputs["wav_b"].double()
     # case A: Microsoft iter3 layout, small sizes
     cfg_a = {**BEATS_FLAGS, "embed_dim": 96, "encoder_layers": 3, "encoder_embed_dim": 64,
              "encoder_ffn_embed_dim": 256, "encoder_attention_heads": 4, "layer_wise_gradient_decay_ratio": 0.6,
