@@ -7,7 +7,7 @@ Cache layout::
         <partition>/chunk-00000.pt ...         finished chunks, each written atomically
         <partition>/done.json                  the partition is complete (counts, failures)
 
-The key never uses the encoder's class name (X-ARES's cache trap, specs/xares.md §0 point 8): it
+The key never uses the encoder's class name (X-ARES's cache trap, docs/xares.md §0 point 8): it
 hashes the class, `output_dim`, `hop_size_in_ms`, `sampling_rate`, `export_config()` when the
 encoder has one, and every state-dict tensor (name, shape, dtype, bytes), plus the protocol mode,
 crop length and — in xares mode, where batch-mates' padding is baked in — the encode batch size.

@@ -1,10 +1,10 @@
 """Pre-training recipes as Python functions returning a `PretrainConfig`.
 
 Sources for each value are noted inline:
-  [OB-base]  Shikhar-S/OpenBEATs `src/openbeats/conf/pretrain_base.yaml` (spec beats.md §4, §6.4)
+  [OB-base]  Shikhar-S/OpenBEATs `src/openbeats/conf/pretrain_base.yaml` (docs/beats.md §4, §6.4)
   [OB-large] Shikhar-S/OpenBEATs `openbeats/conf/pretrain_large.yaml` / ESPnet audioverse ICME recipe
   [paper]    CMU-AIST ICME 2025 report (section III-B)
-  [spec]     spec beats.md §6.4 (ESPnet BeatsPretrainModel)
+  [spec]     docs/beats.md §6.4 (ESPnet BeatsPretrainModel)
 Override anything with `--set section.key=value`.
 """
 
@@ -22,7 +22,7 @@ from harmonia.train.config import (
 BASE_ENCODER = dict(encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072,  # [OB-base]
                     encoder_attention_heads=12, dropout=0.1)  # dropout 0.1 [OB-base]
 LARGE_ENCODER = dict(encoder_layers=24, encoder_embed_dim=1024, encoder_ffn_embed_dim=4096,  # [OB-large]
-                     encoder_attention_heads=16, dropout=0.1)  # ≈311M parameters (spec §4)
+                     encoder_attention_heads=16, dropout=0.1)  # ≈311M parameters (docs/beats.md §4)
 
 
 def beats_tiny_debug() -> PretrainConfig:
