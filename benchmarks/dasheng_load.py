@@ -2,16 +2,22 @@
 """Dasheng benchmarks: throughput of `DashengEncoder` and peak host RAM while loading.
 
   throughput  encode synthetic audio with a Dasheng checkpoint; one JSON line in the format of
-              /work/shared/bench/reference_encode.py `bench`, so the two can be compared.
+              tools/reference_encode.py `bench`, so the two can be compared.
   make        write a random-weight checkpoint of a released size, tensor by tensor (the HF
               layout is streamed to disk, so even 1.2B needs little RAM to write).
   load        in a fresh process, load a checkpoint and report peak RSS right after loading and
               after encoding 1 s (which touches every weight page), against the fp32 weight size.
+              With --reference-python (the side environment of tools/make_reference_env.sh) the
+              reference loader (`dasheng` 0.0.9: torch.load of the whole file, then the model) is
+              measured the same way, in its own fresh process, on the same checkpoint, which must
+              then be in the Zenodo format the reference reads (`make --format zenodo`).
 
 Examples (2 threads, quiet machine; repeat and take the median, these machines are noisy):
   python benchmarks/dasheng_load.py throughput --checkpoint /tmp/dasheng_base.pt --batch 8
   python benchmarks/dasheng_load.py make --size 1.2B --format hf --out /tmp/dasheng_12b_hf
   python benchmarks/dasheng_load.py load --checkpoint /tmp/dasheng_12b_hf
+  python benchmarks/dasheng_load.py make --size 1.2B --format zenodo --out /tmp/dasheng_12b.pt
+  python benchmarks/dasheng_load.py load --checkpoint /tmp/dasheng_12b.pt --reference-python /tmp/refenv/bin/python
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import numpy as np
 import torch
 
 SR = 16000
+REF_SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "reference_encode.py"
 
 
 def _peak_rss_mb() -> float:
@@ -148,7 +155,7 @@ def _load_child(a) -> None:
     with torch.inference_mode():
         enc(torch.zeros(1, SR))
     print(json.dumps({
-        "checkpoint": str(a.checkpoint), "load_s": round(load_s, 2), "weights_mb": round(weights_mb, 1),
+        "impl": "harmonia", "checkpoint": str(a.checkpoint), "load_s": round(load_s, 2), "weights_mb": round(weights_mb, 1),
         "rss_after_import_mb": round(base, 1), "peak_rss_after_load_mb": round(after_load, 1),
         "peak_rss_after_encode_1s_mb": round(_peak_rss_mb(), 1),
         "ratio_load": round(after_load / weights_mb, 3),
@@ -157,9 +164,13 @@ def _load_child(a) -> None:
 
 
 def load(a) -> None:
-    cmd = [sys.executable, __file__, "_load_child", "--checkpoint", str(a.checkpoint), "--threads", str(a.threads)]
     env = {**os.environ, "OMP_NUM_THREADS": str(a.threads)}
-    subprocess.run(cmd, check=True, env=env)
+    cmds = [[sys.executable, __file__, "_load_child", "--checkpoint", str(a.checkpoint), "--threads", str(a.threads)]]
+    if a.reference_python:
+        cmds.append([a.reference_python, str(REF_SCRIPT), "load", "--family", "dasheng", "--checkpoint",
+                     str(a.checkpoint), "--threads", str(a.threads)])
+    for cmd in cmds:  # each in a fresh process: peak RSS is that process's own
+        subprocess.run(cmd, check=True, env=env)
 
 
 def main() -> None:
@@ -180,6 +191,8 @@ def main() -> None:
         s = sub.add_parser(name)
         s.add_argument("--checkpoint", required=True)
         s.add_argument("--threads", type=int, default=2)
+        if name == "load":
+            s.add_argument("--reference-python", help="also measure the reference loader with this python")
     a = p.parse_args()
     {"throughput": throughput, "make": make, "load": load, "_load_child": _load_child}[a.cmd](a)
 

@@ -7,7 +7,7 @@ alternate, which spreads machine noise over both. Before timing, both encode the
 the max abs difference of their outputs is reported ("equal outputs").
 
   # side environment with the references (never a dependency of harmonia)
-  bash ../shared/bench/make_reference_env.sh /tmp/refenv
+  bash tools/make_reference_env.sh /tmp/refenv
   python benchmarks/encode.py --family beats --size base --reference-python /tmp/refenv/bin/python
   python benchmarks/encode.py --family dasheng --size base --reference-python /tmp/refenv/bin/python
   python benchmarks/encode.py --model PATH          # harmonia only, any encoder or ensemble
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-REF_SCRIPT = Path(__file__).resolve().parents[2] / "shared" / "bench" / "reference_encode.py"
+REF_SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "reference_encode.py"
 
 
 def run_json(cmd: list[str]) -> dict:
@@ -71,7 +71,7 @@ def main() -> None:
     p.add_argument("--model", help="harmonia source to time alone (no reference comparison)")
     p.add_argument("--family", choices=["beats", "dasheng"])
     p.add_argument("--size", default="base", help="beats: base|large; dasheng: base|0.6b|1.2b")
-    p.add_argument("--reference-python", help="python of the reference env (make_reference_env.sh)")
+    p.add_argument("--reference-python", help="python of the side environment (tools/make_reference_env.sh)")
     p.add_argument("--checkpoint", help="reuse this reference-format checkpoint instead of making one")
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--batches", type=int, nargs="+", default=[1, 8])

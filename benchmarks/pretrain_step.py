@@ -2,14 +2,21 @@
 
 harmonia:  `MaskedPatchObjective` (fbank → keep 25 % → encoder → 3-layer predictor → CE on masked)
 reference: ESPnet `BeatsEncoder(is_pretraining=True)` + `BeatsPretrainingPredictor` (PyPI openbeats
-           0.1.1) with the same config and the same loss, run in the reference venv
-           (`bash shared/bench/make_reference_env.sh /tmp/refenv`), never imported by harmonia.
+           0.1.1) with the same config and the same loss, run in the side environment that
+           `bash tools/make_reference_env.sh /tmp/refenv` builds, never imported by harmonia.
 
-Each implementation runs in its own fresh process (peak RSS is per process); runs alternate
-harmonia / reference `--repeats` times and the fastest process's median step is reported, because
-the CPU may be shared (other jobs only add time). Labels are random codes (the tokenizer is outside both timings).
+Like with like: both use the same optimiser (`--optimizer`: torch's default AdamW or its fused
+kernel, which harmonia.train.optim picks on CPU). harmonia computes predictor logits for the masked
+patches only; ESPnet computes them for every patch and then selects. Both reference variants are
+timed: `reference` (ESPnet as shipped, logits for all patches) and `reference-masked` (its
+`decoder_pred` applied to the masked patches only: the same work as harmonia). The analytic FLOPs
+of each variant are printed beside the times.
 
-    python benchmarks/pretrain_step.py --batch 4 --repeats 3 [--refenv /tmp/refenv]
+Each run is a fresh process (peak RSS is per process); the implementations alternate `--repeats`
+times and the median over processes of each one's median step is reported (the minimum is in the
+JSON too). Labels are random codes (the tokenizer is outside every timing).
+
+    python benchmarks/pretrain_step.py --batch 4 --repeats 3 [--optimizer fused] [--refenv /tmp/refenv]
 """
 
 from __future__ import annotations
@@ -80,7 +87,10 @@ def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
 # one implementation, in this process
 
 
-def _run(impl: str, batch: int, steps: int, seconds: float) -> dict:
+IMPLS = ("harmonia", "reference", "reference-masked")
+
+
+def _run(impl: str, batch: int, steps: int, seconds: float, optimizer: str) -> dict:
     import torch
 
     torch.manual_seed(0)
@@ -110,19 +120,24 @@ def _run(impl: str, batch: int, steps: int, seconds: float) -> dict:
         encoder = BeatsEncoder(input_size=1, beats_config=cfg, is_pretraining=True)
         predictor = BeatsPretrainingPredictor(cfg)
         model = torch.nn.ModuleDict({"encoder": encoder, "decoder": predictor})
+        head = predictor.decoder_pred
+        if impl == "reference-masked":  # the predictor returns normalised states; the head runs on masked ones
+            predictor.decoder_pred = torch.nn.Identity()
+            model["head"] = head
 
         def loss_fn(labels):
             x, patch_len, restore_ids, kept = encoder(wav, lengths)
-            logits = predictor(x, patch_len, restore_ids, kept)
-            pad = torch.arange(logits.shape[1])[None] >= patch_len[:, None]
+            out = predictor(x, patch_len, restore_ids, kept)
+            pad = torch.arange(out.shape[1])[None] >= patch_len[:, None]
             sel = ~kept & ~pad  # masked, valid patches (as ESPnet BeatsPretrainModel)
-            return torch.nn.functional.cross_entropy(logits[sel], labels[:, : logits.shape[1]][sel],
+            logits = head(out[sel]) if impl == "reference-masked" else out[sel]
+            return torch.nn.functional.cross_entropy(logits, labels[:, : out.shape[1]][sel],
                                                      label_smoothing=0.1, reduction="sum") / sel.sum()
 
     model.train()
-    # each toolkit's own optimiser: harmonia.train.optim uses the fused AdamW kernel, ESPnet the default
+    # one optimiser for every implementation (like with like)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01,
-                            fused=True if impl == "harmonia" else None)
+                            fused=True if optimizer == "fused" else None)
     T = 1 + (N - 400) // 160
     labels = torch.randint(0, VOCAB, (batch, (T // 16) * 8))
     rss_model = rss_mb()
@@ -137,14 +152,16 @@ def _run(impl: str, batch: int, steps: int, seconds: float) -> dict:
         if i:
             times.append(time.perf_counter() - t)
     params = sum(p.numel() for p in model.parameters())
-    return {"impl": impl, "batch": batch, "seconds": seconds, "threads": torch.get_num_threads(),
+    return {"impl": impl, "optimizer": optimizer, "batch": batch, "seconds": seconds, "threads": torch.get_num_threads(),
             "step_s": statistics.median(times), "times": times, "params": params,
             "rss_after_build_mb": rss_model, "peak_rss_mb": rss_mb(), "loss": float(loss)}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--impl", choices=["harmonia", "reference", "both"], default="both")
+    ap.add_argument("--impl", choices=[*IMPLS, "all"], default="all")
+    ap.add_argument("--optimizer", choices=["default", "fused"], default="default",
+                    help="AdamW for every implementation: torch's default or its fused kernel")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=10.0)
@@ -152,52 +169,54 @@ def main() -> int:
     ap.add_argument("--refenv", default="/tmp/refenv")
     ap.add_argument("--json", help="write all results here")
     args = ap.parse_args()
-    if args.impl != "both":
-        print(json.dumps(_run(args.impl, args.batch, args.steps, args.seconds)))
+    if args.impl != "all":
+        print(json.dumps(_run(args.impl, args.batch, args.steps, args.seconds, args.optimizer)))
         return 0
 
     me = str(Path(__file__).resolve())
-    pys = {"harmonia": sys.executable, "reference": str(Path(args.refenv) / "bin" / "python")}
-    if not Path(pys["reference"]).exists():
-        print(f"no reference venv at {args.refenv}: build it with "
-              f"`bash shared/bench/make_reference_env.sh {args.refenv}`", file=sys.stderr)
+    ref_py = str(Path(args.refenv) / "bin" / "python")
+    pys = {"harmonia": sys.executable, "reference": ref_py, "reference-masked": ref_py}
+    if not Path(ref_py).exists():
+        print(f"no reference environment at {args.refenv}: build it with "
+              f"`bash tools/make_reference_env.sh {args.refenv}`", file=sys.stderr)
         return 2
-    results: dict[str, list[dict]] = {"harmonia": [], "reference": []}
+    results: dict[str, list[dict]] = {impl: [] for impl in IMPLS}
     for r in range(args.repeats):
-        for impl in ("harmonia", "reference"):
+        for impl in IMPLS:
             cmd = [pys[impl], me, "--impl", impl, "--batch", str(args.batch), "--steps", str(args.steps),
-                   "--seconds", str(args.seconds)]
+                   "--seconds", str(args.seconds), "--optimizer", args.optimizer]
             out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ)
             if out.returncode:
                 print(out.stderr[-3000:], file=sys.stderr)
                 return 1
             res = json.loads(out.stdout.strip().splitlines()[-1])
             results[impl].append(res)
-            print(f"[{r}] {impl:<9} step {res['step_s']:.2f} s  peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
+            print(f"[{r}] {impl:<16} step {res['step_s']:.2f} s  peak RSS {res['peak_rss_mb']:.0f} MB", flush=True)
     gflops = matmul_gflops()
-    fl_h = flops_per_clip(args.seconds, masked_logits_only=True)
-    fl_r = flops_per_clip(args.seconds, masked_logits_only=False)
+    flops = {impl: flops_per_clip(args.seconds, masked_logits_only=impl != "reference") for impl in IMPLS}
     print(f"\nBEATs base pre-training step, batch {args.batch} x {args.seconds:g} s, fp32 CPU, "
-          f"{results['harmonia'][0]['threads']} threads; fp32 matmul now: {gflops:.0f} GFLOP/s")
-    print(f"{'impl':<10}{'params':>12}{'step s':>9}{'clips/s':>9}{'GFLOP/step':>12}{'GFLOP/s':>9}"
+          f"{results['harmonia'][0]['threads']} threads, {args.optimizer} AdamW for all; "
+          f"fp32 matmul now: {gflops:.0f} GFLOP/s")
+    print(f"{'impl':<18}{'params':>12}{'median s':>10}{'min s':>8}{'clips/s':>9}{'GFLOP/step':>12}{'GFLOP/s':>9}"
           f"{'RSS model MB':>14}{'peak RSS MB':>13}")
     summary = {}
-    for impl, fl in (("harmonia", fl_h), ("reference", fl_r)):
+    for impl in IMPLS:
         rs = results[impl]
-        # the fastest process: on a shared CPU other jobs only ever add time (medians in the JSON)
-        step = min(r["step_s"] for r in rs)
-        gf = fl["step"] * args.batch / 1e9
-        summary[impl] = {"step_s": step, "median_step_s": statistics.median(r["step_s"] for r in rs), "clips_per_s": args.batch / step, "gflop_step": gf,
-                         "gflops": gf / step, "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+        step = statistics.median(r["step_s"] for r in rs)  # median over processes of per-process medians
+        gf = flops[impl]["step"] * args.batch / 1e9
+        summary[impl] = {"median_step_s": step, "min_step_s": min(r["step_s"] for r in rs),
+                         "clips_per_s": args.batch / step, "gflop_step": gf, "gflops": gf / step,
+                         "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
                          "rss_after_build_mb": max(r["rss_after_build_mb"] for r in rs), "params": rs[0]["params"]}
         s = summary[impl]
-        print(f"{impl:<10}{s['params']:>12,}{step:>9.2f}{s['clips_per_s']:>9.3f}{gf:>12.0f}{s['gflops']:>9.1f}"
-              f"{s['rss_after_build_mb']:>14.0f}{s['peak_rss_mb']:>13.0f}")
-    print(f"speed-up harmonia / reference: {summary['harmonia']['clips_per_s'] / summary['reference']['clips_per_s']:.2f}x")
-    print("forward FLOPs per clip (harmonia):", {k: f"{v / 1e9:.2f}G" for k, v in fl_h.items()})
+        print(f"{impl:<18}{s['params']:>12,}{step:>10.2f}{s['min_step_s']:>8.2f}{s['clips_per_s']:>9.3f}{gf:>12.0f}"
+              f"{s['gflops']:>9.1f}{s['rss_after_build_mb']:>14.0f}{s['peak_rss_mb']:>13.0f}")
+    for ref in ("reference", "reference-masked"):
+        print(f"speed-up harmonia / {ref}: {summary[ref]['median_step_s'] / summary['harmonia']['median_step_s']:.2f}x")
+    print("forward FLOPs per clip (harmonia):", {k: f"{v / 1e9:.2f}G" for k, v in flops["harmonia"].items()})
     if args.json:
         Path(args.json).write_text(json.dumps({"runs": results, "summary": summary, "matmul_gflops": gflops,
-                                               "flops_harmonia": fl_h, "flops_reference": fl_r}, indent=1))
+                                               "flops": flops, "optimizer": args.optimizer}, indent=1))
     return 0
 
 

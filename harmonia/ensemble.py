@@ -10,7 +10,7 @@ along the feature axis. `EnsembleEncoder` does this for N members with any hop s
 3. the aligned sequences are concatenated (`fuse="concat"`, output_dim = sum of the members') or
    averaged (`fuse="mean"`, all members must have one output_dim).
 
-The paper does not say how Dasheng was upsampled (specs/xares.md §6, open question 1); we offer
+The paper does not say how Dasheng was upsampled (docs/xares.md §6, open question 1); we offer
 `nearest` (repetition, the default) and `linear` interpolation, both centre-aligned.
 
 Our checkpoint format for an ensemble is the usual `config.json` + `model.safetensors`

@@ -1,6 +1,6 @@
 """X-ARES plug-ins: a generated Python module that X-ARES loads as its encoder.
 
-X-ARES (0.1.3) imports the encoder file relative to its working directory, requires
+X-ARES 0.1.3 (docs/xares.md §1) imports the encoder file relative to its working directory, requires
 exactly one module attribute whose name ends in "Encoder", builds it with no arguments, never calls
 `.eval()`, and keys its caches by the class name. The generated module therefore:
   * imports only `torch` and `harmonia.load_encoder` under names that do not end in "Encoder";

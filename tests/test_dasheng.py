@@ -231,7 +231,7 @@ def test_batch_invariance(model, wavs, enc_a, enc_b):
 
 
 def test_frame_counts_and_exact_multiple_chunks(enc_a, enc_b):
-    # spec §2.6 examples: (1 + N // 160) // 4
+    # docs/dasheng.md §2.6 examples: (1 + N // 160) // 4
     for n, t in [(480, 1), (1119, 1), (16000, 25), (161120, 252), (161280, 252), (200000, 312), (322400, 504)]:
         assert enc_a.num_frames(n) == t
     # exactly two full chunks (A) / four full chunks (B): nothing dropped (the HF code drops one)
@@ -275,7 +275,7 @@ def test_dtype_option(wavs, out_a):
 
 
 def test_presets_match_published_parameter_counts():
-    # spec §3 (mteb model metadata): encoder parameters of the released sizes
+    # docs/dasheng.md §3 (mteb model metadata): encoder parameters of the released sizes
     expected = {"dasheng-base": 85_447_808, "dasheng-0.6B": 630_333_568, "dasheng-1.2B": 1_134_047_360}
     heads = {"dasheng-base": 12, "dasheng-0.6B": 16, "dasheng-1.2B": 24}
     for name, n in expected.items():

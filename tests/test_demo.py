@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from harmonia.demo import synth
+from harmonia.demo.run import call_effect, verdict
 from harmonia.demo.tasks import MAKERS, demo_tasks, write_task_data
 from harmonia.eval.readers import read_audio_shard
 
@@ -58,6 +59,77 @@ def test_task_data_in_xares_layout_and_deterministic(tmp_path):
     assert [t.weight for t in demo_tasks(7)] == [7] * len(MAKERS)
 
 
+# -- the verdict, on hand-made scores ------------------------------------------------------------------
+
+
+class _Task:
+    def __init__(self, name: str, domain: str, weight: int = 1):
+        self.name, self.domain, self.weight = name, domain, weight
+
+
+TASKS = [_Task("talk", "speech"), _Task("tune", "music"), _Task("bang", "sound")]
+
+
+def _run(per_seed: dict[str, list[float] | None]) -> dict:
+    """A results dict as `evaluate` writes it: per task the MLP score of every probe seed."""
+    tasks = {t: {"status": "failed", "error": "x"} if v is None else
+             {"status": "ok", "mlp": {"mean": float(np.mean(v)), "per_seed": v}} for t, v in per_seed.items()}
+    return {"tasks": tasks, "summary": {"mlp_all": float(np.mean([np.mean(v) for v in per_seed.values() if v]))}}
+
+
+def test_call_effect_uses_the_seed_spread():
+    a = np.array([0.60, 0.62, 0.58])
+    assert call_effect(a, a - 0.10)[0] == "HOLDS"  # 0.10 apart on every seed: spread 0
+    assert call_effect(a - 0.10, a)[0] == "DOES NOT HOLD"
+    # mean difference +0.01, per-seed differences +0.05, -0.04, +0.02 (std 0.046): noise
+    status, numbers = call_effect(a, np.array([0.55, 0.66, 0.56]))
+    assert status == "WITHIN SEED NOISE" and "+0.010 ± 0.046 over 3 probe seeds" in numbers
+    status, numbers = call_effect(np.array([0.5]), np.array([0.4]))
+    assert status == "HOLDS" and "spread not measured" in numbers
+
+
+def _runs(**over):
+    runs = {"beats-speech-heavy": _run({"talk": [0.8, 0.8], "tune": [0.5, 0.5], "bang": [0.5, 0.5]}),
+            "beats-balanced": _run({"talk": [0.6, 0.6], "tune": [0.7, 0.7], "bang": [0.7, 0.7]}),
+            "dasheng-mae": _run({"talk": [0.7, 0.7], "tune": [0.7, 0.7], "bang": [0.7, 0.7]}),
+            "random-init": _run({"talk": [0.3, 0.3], "tune": [0.3, 0.3], "bang": [0.3, 0.3]}),
+            "ensemble": _run({"talk": [0.9, 0.9], "tune": [0.8, 0.8], "bang": [0.8, 0.8]}),
+            "width-matched": _run({"talk": [0.72, 0.74], "tune": [0.7, 0.72], "bang": [0.7, 0.72]})}
+    runs.update({k: _run(v) for k, v in over.items()})
+    return runs
+
+
+def test_verdict_on_hand_made_scores():
+    lines = verdict(_runs(), TASKS)
+    assert [line.split(":")[0] for line in lines] == ["HOLDS"] * 5
+    assert "9/9 better, 0 worse, 0 within the spread" in lines[0]
+    assert "0.800 vs 0.600" in lines[1] and "0.700 vs 0.500" in lines[2]
+    assert "(ensemble vs dasheng-mae: 0.833 vs 0.700" in lines[3]  # best member by weighted average
+
+
+def test_a_failed_random_init_score_is_no_win():
+    runs = _runs(**{"random-init": {"talk": None, "tune": None, "bang": [0.9, 0.9]}})
+    line = verdict(runs, TASKS)[0]
+    assert line.startswith("DOES NOT HOLD:") and "0/3 better, 3 worse, 0 within the spread" in line
+    assert "6 pair(s) without both scores not counted" in line
+
+
+def test_member_wins_within_the_spread_are_not_called():
+    # speech-heavy and balanced beat random init on every task, but by less than their seed spread
+    noisy = {"talk": [0.2, 0.6], "tune": [0.2, 0.6], "bang": [0.2, 0.6]}
+    runs = _runs(**{"beats-speech-heavy": noisy, "beats-balanced": noisy})
+    line = verdict(runs, TASKS)[0]
+    assert line.startswith("WITHIN SEED NOISE:") and "3/9 better, 0 worse, 6 within the spread" in line
+
+
+def test_width_matched_control_and_seed_noise_are_reported():
+    # the ensemble is no better than the same width made of the best member and random encoders
+    runs = _runs(**{"width-matched": {"talk": [0.95, 0.85], "tune": [0.85, 0.75], "bang": [0.85, 0.75]}})
+    assert verdict(runs, TASKS)[4].startswith("WITHIN SEED NOISE: the ensemble beats a width-matched control")
+    runs.pop("width-matched")
+    assert verdict(runs, TASKS)[4].startswith("NOT MEASURED:")
+
+
 @pytest.mark.slow
 def test_demo_quick_end_to_end(tmp_path):
     out = tmp_path / "demo"
@@ -72,7 +144,10 @@ def test_demo_quick_end_to_end(tmp_path):
         assert {e["status"] for e in res["tasks"].values()} == {"ok"} and len(res["tasks"]) == 7
         assert all(0.0 <= e["mlp"]["mean"] <= 1.0 for e in res["tasks"].values())
     assert (out / "report" / "report.png").stat().st_size > 10_000
-    assert "Do the paper's effects appear?" in report and report.count("HOLD") >= 4
+    assert "width-matched (clean)" in report
+    effects = report.split("Do the paper's effects appear?")[1].strip().splitlines()
+    assert len(effects) == 5
+    assert all(line.startswith(("- HOLDS:", "- DOES NOT HOLD:", "- WITHIN SEED NOISE:")) for line in effects)
     # the real pre-training loop learned: masked-patch accuracy far above chance (1/64)
     for run in ("beats_speech_heavy", "beats_balanced"):
         last = json.loads((out / "models" / run / "run" / "log.jsonl").read_text().splitlines()[-1])

@@ -190,6 +190,13 @@ def test_hidden_states_are_every_members_on_the_reference_grid(members, wav4):
     counts = [len(m.encode(wav4, output_hidden_states=True).hidden_states) for m in members]
     assert len(out.hidden_states) == sum(counts)
     assert all(h.shape[:2] == (1, 192) for h in out.hidden_states)
+    # values: the BEATs members' states as they are (same grid), Dasheng's resampled 100 -> 192 frames
+    expected = [h for m in members[:2] for h in m.encode(wav4, output_hidden_states=True).hidden_states]
+    expected += [align_frames(h, 192, "nearest")
+                 for h in members[2].encode(wav4, output_hidden_states=True).hidden_states]
+    for got, want in zip(out.hidden_states, expected, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    assert not torch.equal(out.hidden_states[0], out.hidden_states[1])  # distinct layers, not one repeated
 
 
 def test_constructor_errors(members):

@@ -38,9 +38,7 @@ def plugin(tmp_path_factory):
     return out
 
 
-def test_generated_module_passes_the_real_checker(plugin):
-    from xares.audio_encoder_checker import check_audio_encoder
-
+def test_generated_module_passes_the_real_checker(plugin, check_audio_encoder):
     module = import_module(plugin)
     names = encoder_attributes(module)
     assert len(names) == 1
@@ -87,7 +85,7 @@ def test_class_names_are_unique_per_model_and_options():
     assert len(names) == 7 and all(n.endswith("Encoder") and n.isidentifier() for n in names)
 
 
-def test_cli_xares_export_for_a_registry_name_writes_a_loadable_module(tmp_path, monkeypatch):
+def test_cli_xares_export_for_a_registry_name_writes_a_loadable_module(tmp_path, monkeypatch, check_audio_encoder):
     """The plug-in of a registry name loads it at construction (here from a local copy via the
     environment variable of `beats-iter3`)."""
     from harmonia.cli import main
@@ -98,8 +96,6 @@ def test_cli_xares_export_for_a_registry_name_writes_a_loadable_module(tmp_path,
     module = import_module(out)
     assert encoder_attributes(module) == ["HarmoniaBeatsIter3Encoder"]
     assert module.SOURCE == "beats-iter3"
-    from xares.audio_encoder_checker import check_audio_encoder
-
     assert check_audio_encoder(module.HarmoniaBeatsIter3Encoder()) is True
 
 

@@ -10,10 +10,13 @@
    objective (`harmonia.train.mae`) on the balanced mixture: the ensemble's third member.
 4. The paper's ensemble: the Dasheng member's 40 ms frames resampled to the BEATs frame count and
    concatenated with the two BEATs members (`EnsembleEncoder`, BEATs flat layout as reference).
-5. Every member, the ensemble and a random-init BEATs of the same architecture are evaluated with
-   the linear-probe and kNN tracks on seven synthetic tasks in the X-ARES layout, including a frame-
-   level event-detection task; a Table-I-style table, results files and a PNG chart are written.
-6. The effects the paper reports are checked and stated plainly, whether or not they appear.
+5. Every member, the ensemble, a random-init BEATs of the same architecture and a width-matched
+   control (the best member concatenated with random-init twins of the other two, as wide as the
+   ensemble) are evaluated with the linear-probe and kNN tracks on seven synthetic tasks in the
+   X-ARES layout, including a frame-level event-detection task; a Table-I-style table, results files
+   and a PNG chart are written.
+6. The effects the paper reports are checked and stated plainly, whether or not they appear: an
+   effect holds only when it exceeds the spread over probe seeds.
 """
 
 from __future__ import annotations
@@ -45,7 +48,7 @@ class DemoSize:
 
 
 QUICK = DemoSize(pool_clips=64, pool_seconds=4.0, task_sizes={"train": 72, "valid": 24, "test": 48},
-                 beats_steps=150, dasheng_steps=150, batch_size=8, seeds=1)
+                 beats_steps=150, dasheng_steps=150, batch_size=8, seeds=2)
 FULL = DemoSize(pool_clips=200, pool_seconds=4.0, task_sizes={"train": 200, "valid": 60, "test": 120},
                 beats_steps=600, dasheng_steps=500, batch_size=12, seeds=3)
 
@@ -140,43 +143,105 @@ def random_beats(out: Path, seed: int) -> Path:
     return save_harmonia(BeatsEncoder(model.eval()), out)
 
 
+def random_dasheng(out: Path, seed: int) -> Path:
+    """The demo's Dasheng architecture at the initialisation the MAE run starts from."""
+    from harmonia.encoders.dasheng import DashengEncoder
+    from harmonia.hub import save_harmonia
+    from harmonia.models.dasheng import DashengConfig
+    from harmonia.train.mae import DashengMAE
+
+    if (out / "config.json").exists():
+        return out
+    torch.manual_seed(seed)
+    return save_harmonia(DashengEncoder(DashengMAE(DashengConfig(**DASHENG_TINY)).encoder.eval()), out)
+
+
 # -- 5-6. evaluation and verdict ------------------------------------------------------------------------------
 
+MEMBERS = ["beats-speech-heavy", "beats-balanced", "dasheng-mae"]
 
-def _score(run: dict, task: str, track: str = "mlp") -> float | None:
+
+def _per_seed(run: dict, task: str) -> np.ndarray | None:
+    """The task's MLP-track score per probe seed, or None when the task has no score."""
     e = run["tasks"].get(task, {})
-    return e[track]["mean"] if e.get("status") == "ok" and e.get(track) else None
+    if e.get("status") != "ok" or not e.get("mlp"):
+        return None
+    return np.asarray(e["mlp"].get("per_seed") or [e["mlp"]["mean"]], dtype=float)
+
+
+def _paired(run_a: dict, run_b: dict, tasks) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """Per-seed task-weighted averages of two runs over the tasks both scored, and how many tasks
+    were left out because one of them has no score. None when no task is scored by both."""
+    kept = []
+    for t in tasks:
+        a, b = _per_seed(run_a, t.name), _per_seed(run_b, t.name)
+        if a is not None and b is not None and a.shape == b.shape:
+            kept.append((a, b, float(t.weight or 1)))
+    if not kept:
+        return None
+    w = np.array([k[2] for k in kept])
+    a = np.stack([k[0] for k in kept], axis=1) @ w / w.sum()
+    b = np.stack([k[1] for k in kept], axis=1) @ w / w.sum()
+    return a, b, len(tasks) - len(kept)
+
+
+def call_effect(a: np.ndarray, b: np.ndarray) -> tuple[str, str]:
+    """Does `a` beat `b`? Paired per-seed scores -> (status, numbers). With several probe seeds the
+    mean difference must exceed the standard deviation of the per-seed differences, else the effect
+    is WITHIN SEED NOISE; with one seed the spread is unknown and only the sign is called."""
+    d = a - b
+    m = float(d.mean())
+    if len(d) < 2:
+        status = "HOLDS" if m > 0 else "DOES NOT HOLD"
+        return status, f"{a.mean():.3f} vs {b.mean():.3f}; one probe seed, spread not measured"
+    s = float(d.std(ddof=1))
+    status = "WITHIN SEED NOISE" if abs(m) <= s else "HOLDS" if m > 0 else "DOES NOT HOLD"
+    return status, f"{a.mean():.3f} vs {b.mean():.3f}, difference {m:+.3f} ± {s:.3f} over {len(d)} probe seeds"
+
+
+def _line(claim: str, runs: dict, a: str, b: str, tasks) -> str:
+    if a not in runs or b not in runs or (p := _paired(runs[a], runs[b], tasks)) is None:
+        return f"NOT MEASURED: {claim} (no task scored for both {a} and {b})"
+    status, numbers = call_effect(p[0], p[1])
+    left = f"; {p[2]} task(s) without a score for both left out" if p[2] else ""
+    return f"{status}: {claim} ({a} vs {b}: {numbers}{left})"
 
 
 def verdict(runs: dict[str, dict], tasks) -> list[str]:
-    """Check the paper's effects on these results; each line says whether it holds."""
+    """Check the paper's effects on these results; each line starts with HOLDS, DOES NOT HOLD,
+    WITHIN SEED NOISE or NOT MEASURED. Probe seeds measure the probe's variance only: the encoders
+    were pre-trained once."""
     lines = []
-    by_domain = {d: [t.name for t in tasks if t.domain == d] for d in DOMAINS}
-    pre = ["beats-speech-heavy", "beats-balanced", "dasheng-mae"]
-    wins = sum(1 for m in pre for t in tasks
-               if (_score(runs[m], t.name) or 0) > (_score(runs["random-init"], t.name) or 0))
-    total = len(pre) * len(tasks)
-    lines.append(f"{'HOLDS' if wins > total / 2 else 'DOES NOT HOLD'}: pre-trained members beat the random-init "
-                 f"encoder on {wins}/{total} (member, task) pairs")
-
-    def mean(model: str, names: list[str]) -> float:
-        vals = [_score(runs[model], n) for n in names]
-        vals = [v for v in vals if v is not None]
-        return float(np.mean(vals)) if vals else float("nan")
-
-    sh, bal = mean("beats-speech-heavy", by_domain["speech"]), mean("beats-balanced", by_domain["speech"])
-    lines.append(f"{'HOLDS' if sh > bal else 'DOES NOT HOLD'}: speech-heavy BEATs leads on speech-like tasks "
-                 f"({sh:.3f} vs balanced {bal:.3f})")
-    others = by_domain["music"] + by_domain["sound"]
-    sh_o, bal_o = mean("beats-speech-heavy", others), mean("beats-balanced", others)
-    lines.append(f"{'HOLDS' if bal_o > sh_o else 'DOES NOT HOLD'}: balanced BEATs leads on music and sound tasks "
-                 f"({bal_o:.3f} vs speech-heavy {sh_o:.3f})")
-    avg = {m: runs[m]["summary"].get("mlp_all") for m in runs}
-    best_member = max(pre, key=lambda m: avg[m] or 0)
-    ens = avg["ensemble"] or 0
-    lines.append(f"{'HOLDS' if ens >= (avg[best_member] or 0) - 1e-9 else 'DOES NOT HOLD'}: the ensemble matches or "
-                 f"beats its best member on average ({ens:.3f} vs {best_member} {avg[best_member]:.3f})")
+    # 1. pre-training beats random init, per (member, task); a pair without both scores is no win
+    pairs = [(m, t) for m in MEMBERS for t in tasks]
+    called = [call_effect(*p[:2])[0] for m, t in pairs if (p := _paired(runs[m], runs["random-init"], [t]))]
+    wins, losses, n = called.count("HOLDS"), called.count("DOES NOT HOLD"), len(called)
+    missing = f"; {len(pairs) - n} pair(s) without both scores not counted" if n < len(pairs) else ""
+    status = ("NOT MEASURED" if not n else "HOLDS" if wins > n / 2 else
+              "WITHIN SEED NOISE" if wins > losses else "DOES NOT HOLD")
+    lines.append(f"{status}: pre-trained members beat the random-init encoder on most (member, task) pairs "
+                 f"(beyond the seed spread: {wins}/{n} better, {losses} worse, {n - wins - losses} within "
+                 f"the spread{missing})")
+    # 2-3. domain specialisation
+    by_domain = {d: [t for t in tasks if t.domain == d] for d in DOMAINS}
+    lines.append(_line("speech-heavy BEATs leads on speech-like tasks", runs, "beats-speech-heavy",
+                       "beats-balanced", by_domain["speech"]))
+    lines.append(_line("balanced BEATs leads on music and sound tasks", runs, "beats-balanced",
+                       "beats-speech-heavy", by_domain["music"] + by_domain["sound"]))
+    # 4-5. the ensemble beats its best member, and not only because it is three times as wide
+    avg = {m: runs[m]["summary"].get("mlp_all") for m in MEMBERS}
+    best = max(MEMBERS, key=lambda m: -1.0 if avg[m] is None else avg[m])
+    lines.append(_line("the ensemble beats its best member on average", runs, "ensemble", best, tasks))
+    lines.append(_line("the ensemble beats a width-matched control (its best member with the other members "
+                       "replaced by random-init encoders of their architecture)", runs, "ensemble",
+                       "width-matched", tasks))
     return lines
+
+
+def width_matched_sources(models: dict, best: str) -> list:
+    """The ensemble's member list with every member but `best` swapped for its random-init twin:
+    same width, same frame grid, the best member's information and nothing pre-trained besides."""
+    return [models[m] if m == best else models[f"random-{m}"] for m in MEMBERS]
 
 
 def _run_job(fn, args):
@@ -196,16 +261,17 @@ def _parallel(jobs: dict, workers: int) -> dict:
         return {name: f.result() for name, f in futures.items()}
 
 
-def _evaluate_one(name: str, models: dict, members: list[str], tasks, out: Path, seeds: int) -> dict:
+def _evaluate_one(name: str, source, tasks, out: Path, seeds: int) -> dict:
+    """`source`: a model folder, or a list of them for an ensemble (the paper's: BEATs flat as
+    reference, the others resampled to its frames, concatenated)."""
     from harmonia import load_encoder
     from harmonia.ensemble import EnsembleEncoder
     from harmonia.eval.runner import evaluate
 
-    if name == "ensemble":  # the paper's system: BEATs (flat) as reference, Dasheng resampled to it
-        enc = EnsembleEncoder([load_encoder(models[m]) for m in members], align="linear", reference=0,
-                              fuse="concat")
+    if isinstance(source, list):
+        enc = EnsembleEncoder([load_encoder(m) for m in source], align="linear", reference=0, fuse="concat")
     else:
-        enc = load_encoder(models[name])
+        enc = load_encoder(source)
     return evaluate(enc, tasks, out / "tasks", out / "results" / name, mode="clean", seeds=seeds,
                     cache_dir=out / "cache", model_name=name, progress=False)
 
@@ -240,12 +306,20 @@ def run_demo(out: str | os.PathLike = "demo-out", quick: bool = False, seed: int
             "dasheng-mae": (pretrain_dasheng, (shards, mdir / "dasheng_mae", size, seed)),
             "random-init": (random_beats, (mdir / "random_init", seed))}
     models = _parallel(jobs, workers)
+    # random-init twins of the members (distinct seeds) for the width-matched control
+    models["random-beats-speech-heavy"] = random_beats(mdir / "random_twin_speech_heavy", seed + 1)
+    models["random-beats-balanced"] = random_beats(mdir / "random_twin_balanced", seed + 2)
+    models["random-dasheng-mae"] = random_dasheng(mdir / "random_twin_dasheng", seed + 3)
 
-    members = ["beats-speech-heavy", "beats-balanced", "dasheng-mae"]
-    names = members + ["ensemble", "random-init"]
-    _log(f"4/5 evaluating {len(names)} encoders on {len(tasks)} tasks (linear probe + kNN, {size.seeds} seed(s))")
-    eval_jobs = {name: (_evaluate_one, (name, models, members, tasks, out, size.seeds)) for name in names}
-    runs = _parallel(eval_jobs, workers)
+    sources = {m: models[m] for m in MEMBERS} | {"ensemble": [models[m] for m in MEMBERS],
+                                                 "random-init": models["random-init"]}
+    _log(f"4/5 evaluating {len(sources)} encoders on {len(tasks)} tasks (linear probe + kNN, {size.seeds} seed(s))")
+    runs = _parallel({n: (_evaluate_one, (n, src, tasks, out, size.seeds)) for n, src in sources.items()}, workers)
+    best = max(MEMBERS, key=lambda m: runs[m]["summary"]["mlp_all"] or -1.0)
+    _log(f"  width-matched control: {best} with the other members replaced by random-init encoders")
+    runs["width-matched"] = _evaluate_one("width-matched", width_matched_sources(models, best), tasks, out,
+                                          size.seeds)
+    names = list(runs)
     run_dirs = [out / "results" / name for name in names]
     for name in names:
         _log(f"  {name:>20}: weighted MLP {runs[name]['summary']['mlp_all']:.3f}, "

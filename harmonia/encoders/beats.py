@@ -1,11 +1,11 @@
 """`BeatsEncoder`: BEATs / OpenBEATs checkpoints behind the harmonia encoder contract, and the
 family functions the loader (`harmonia.hub`) dispatches to.
 
-Output layouts (DESIGN.md): "flat" — the reference's time-major patch sequence, token 8·t + f,
+Output layouts (docs/beats.md §5.1): "flat" — the reference's time-major patch sequence, token 8·t + f,
 hop 20 ms (a token's time is exact to within one 160 ms patch row); "mean" — the 8 frequency patches
 of a row averaged, hop 160 ms; "concat" — concatenated, 8·D dims, hop 160 ms.
 
-Padding: by default the exact mask (ESPnet's `forward_padding_mask_conv`, spec §5.3): time row t of a
+Padding: by default the exact mask (ESPnet's `forward_padding_mask_conv`, docs/beats.md §5.3): time row t of a
 clip is valid iff all its frames lie inside the clip, so a batched clip equals the clip alone.
 `mask="microsoft"` reproduces Microsoft's chunked 'all padded' mask (§5.2) for bit-parity with
 Microsoft batches; it is not batch-invariant.

@@ -1,6 +1,6 @@
 """`DashengEncoder`: the Dasheng family behind the encoder contract, and its checkpoint formats.
 
-Behaviour, and where it departs from the reference (`dasheng` 0.0.9, spec `specs/dasheng.md`):
+Behaviour, and where it departs from the reference (`dasheng` 0.0.9, `docs/dasheng.md`):
 
 * Long inputs are cut into independent chunks of `target_length // 4` tokens (252 = 10.08 s), the
   last one shorter, no padding, no overlap, positions restarting at 0 in each chunk — exactly as

@@ -13,7 +13,7 @@ JSON labels in the safetensors metadata, and state.json is plain JSON. Every chu
 against the size and sha256 recorded when it was written; a chunk or state file that is missing,
 truncated, replaced or unreadable is named in a `CacheWarning` and its partition is encoded again.
 
-The key never uses the encoder's class name (X-ARES's cache trap, specs/xares.md §0 point 8): it
+The key never uses the encoder's class name (X-ARES's cache trap, docs/xares.md §0 point 8): it
 hashes the class, `output_dim`, `hop_size_in_ms`, `sampling_rate`, `export_config()` when the
 encoder has one, and every state-dict tensor (name, shape, dtype, bytes), plus the protocol mode,
 crop length and — in xares mode, where batch-mates' padding is baked in — the encode batch size.

@@ -1,4 +1,4 @@
-"""The kNN track (specs/xares.md §3.2): k = 10 nearest training clips, softmax vote at T = 0.07.
+"""The kNN track (docs/xares.md §3.2): k = 10 nearest training clips, softmax vote at T = 0.07.
 
 Scoring is one matrix product per block of test items (test (n, D) @ train (D, N)), a top-k and a
 scatter-add: no Python loop over items.

@@ -1,4 +1,4 @@
-"""The "MLP" track (specs/xares.md §3.1): a linear probe trained on cached embeddings.
+"""The "MLP" track (docs/xares.md §3.1): a linear probe trained on cached embeddings.
 
 Clip and frame tasks: LayerNorm(D) -> Linear(D, C), default PyTorch initialisation; cross-entropy
 (single label) or BCE-with-logits (multi-label, frame). Adam at the task's lr (1e-3), cosine decay to

@@ -1,4 +1,4 @@
-"""Metrics of the X-ARES tracks (specs/xares.md §3.3) and the weighted task average (§2.3).
+"""Metrics of the X-ARES tracks (docs/xares.md §3.3) and the weighted task average (§2.3).
 
 Every function takes plain tensors and returns a Python float in [0, 1].
 """

@@ -1,4 +1,4 @@
-"""Readers of X-ARES audio shards (specs/xares.md §4): plain tar files of `<key>.<ext>` +
+"""Readers of X-ARES audio shards (docs/xares.md §4): plain tar files of `<key>.<ext>` +
 `<key>.json` member pairs, found under `<data_root>/<task.name>/` by the task's shard globs.
 
 Key rules are webdataset's, as X-ARES reads them: a member name splits into (key, ext) at the first
@@ -157,7 +157,7 @@ def find_shards(task: Task, data_root: str | os.PathLike) -> dict[str, list[Path
     if missing:
         where = (f"X-ARES publishes them in Zenodo record {task.zenodo_id} ({task.zenodo_url}); download "
                  f"and unzip it into {task_dir}/" if task.zenodo_id else
-                 "this task has no public source: write the shards yourself")
+                 "this task has no public source: write the shards yourself (docs/xares.md §4.4)")
         raise DatasetMissingError(
             f"task {task.name!r} ({task.formal_name}): no shards match {missing} in {task_dir}/. "
             f"Expected tar files of <key>.<audio ext> + <key>.json pairs. {where}.")

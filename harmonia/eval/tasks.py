@@ -1,5 +1,5 @@
 """Task registry: the 18 tasks of the CMU-AIST paper's Table I (plus ASV2015, VoxCeleb1 and MAESTRO),
-each described exactly as xares 0.1.3 configures it (specs/xares.md §2.1), and custom tasks read from
+each described exactly as xares 0.1.3 configures it (docs/xares.md §2.1), and custom tasks read from
 a small JSON or Python file in the same vocabulary.
 
 A task says where its shards are (`partitions()`: partition name -> shard glob under
@@ -243,7 +243,7 @@ def _folds(ks) -> tuple[str, ...]:
 
 
 # --------------------------------------------------------------------------------------------------
-# The registry (values: specs/xares.md §2.1, read from xares 0.1.3 tasks/*.py)
+# The registry (values: docs/xares.md §2.1, read from xares 0.1.3 tasks/*.py)
 
 _SPLITS = dict(train_split="wds-audio-train", valid_split="wds-audio-valid", test_split="wds-audio-test")
 

@@ -1,7 +1,7 @@
 """BERT-uncased WordPiece tokenisation for Clotho's text branch, from a local `vocab.txt`.
 
 X-ARES trains a text embedding table from scratch over the `bert-base-uncased` tokenizer's ids
-(specs/xares.md §3.1); only the vocabulary file is needed, never the BERT weights. This is the
+(docs/xares.md §3.1); only the vocabulary file is needed, never the BERT weights. This is the
 standard BERT basic tokenizer (lowercase, strip accents, split on whitespace and punctuation) then
 greedy longest-match WordPiece, with [CLS] ... [SEP] around each caption.
 """

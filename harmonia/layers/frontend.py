@@ -1,6 +1,6 @@
 """Front ends in pure torch (no torchaudio).
 
-`kaldi_fbank` reproduces `torchaudio.compliance.kaldi.fbank` as called by BEATs (spec beats.md §1)
+`kaldi_fbank` reproduces `torchaudio.compliance.kaldi.fbank` as called by BEATs (docs/beats.md §1)
 bit-exactly in float32: every step follows torchaudio's float32 order of operations, including the
 mel matrix and the povey window, which are built in float32 exactly as torchaudio builds them.
 """
@@ -106,7 +106,7 @@ def beats_fbank(wav_BN: Tensor, mean: float = BEATS_FBANK_MEAN, std: float = BEA
 #
 # Reproduces torchaudio's `MelSpectrogram(f_min=0, f_max=8000, n_fft=512, win_length=512,
 # hop_length=160, n_mels=64, center=True, pad_mode="reflect", power=2, norm=None, mel_scale="htk")`
-# followed by `AmplitudeToDB(stype="power", top_db=120)` (spec dasheng.md §1), always in float32.
+# followed by `AmplitudeToDB(stype="power", top_db=120)` (docs/dasheng.md §1), always in float32.
 
 MEL_N_FFT = 512
 MEL_HOP = 160  # 10 ms at 16 kHz

@@ -3,7 +3,7 @@
 
 Reference code: microsoft/unilm `beats/` (BEATs.py, backbone.py, modules.py; code unchanged since
 5bdcf477, last touched in 158b8115) and ESPnet `espnet2/asr/encoder/beats_encoder.py` as vendored by
-PyPI `openbeats` 0.1.1. Spec: shared/specs/beats.md. The state-dict keys of `BeatsModel` are the
+PyPI `openbeats` 0.1.1. Details: docs/beats.md. The state-dict keys of `BeatsModel` are the
 Microsoft ones, except that the relative-position table (tied across layers in the reference) lives
 once at `encoder.relative_attention_bias`.
 
@@ -135,14 +135,14 @@ _ACTIVATIONS = {
 
 
 def patch_rows(num_samples: int, patch: int = 16) -> int:
-    """Time rows of patches for a clip of `num_samples` (spec §5.1): floor(T / 16)."""
+    """Time rows of patches for a clip of `num_samples` (docs/beats.md §5.1): floor(T / 16)."""
     if num_samples < KALDI_WINDOW:
         return 0
     return (1 + (num_samples - KALDI_WINDOW) // KALDI_SHIFT) // patch
 
 
 def relative_position_bucket(rel_pos: Tensor, num_buckets: int, max_distance: int) -> Tensor:
-    """T5-style bidirectional buckets of r = key - query (spec §2.5). Half the buckets for r > 0,
+    """T5-style bidirectional buckets of r = key - query (docs/beats.md §2.5). Half the buckets for r > 0,
     exact buckets below num_buckets/4, log-spaced up to `max_distance`, saturating after."""
     half = num_buckets // 2
     buckets = (rel_pos > 0).long() * half
@@ -155,7 +155,7 @@ def relative_position_bucket(rel_pos: Tensor, num_buckets: int, max_distance: in
 
 
 def microsoft_patch_mask(sample_mask_BN: Tensor, num_frames: int, num_patches: int) -> Tensor:
-    """The Microsoft padding mask (spec §5.2; `BEATs.forward_padding_mask` applied twice): an
+    """The Microsoft padding mask (docs/beats.md §5.2; `BEATs.forward_padding_mask` applied twice): an
     'all padded' reduction over chunks of floor(N/T) samples per frame, then floor(T/P) frames per
     patch. Not grid-aware: a boundary row can stay valid. True = padding. Returns (B, P)."""
 
@@ -169,7 +169,7 @@ def microsoft_patch_mask(sample_mask_BN: Tensor, num_frames: int, num_patches: i
 
 
 def exact_patch_mask(lengths_B: Tensor, num_rows: int, freq_patches: int = 8, patch: int = 16) -> Tensor:
-    """The exact (ESPnet, spec §5.3) padding mask: time row t of item b is padded iff any of its
+    """The exact (ESPnet, docs/beats.md §5.3) padding mask: time row t of item b is padded iff any of its
     frames reaches into padding, i.e. t >= floor(T_b / 16). True = padding. Returns (B, rows·F)."""
     rows_B = torch.tensor([patch_rows(int(n), patch) for n in lengths_B.tolist()], device=lengths_B.device)
     pad_BR = torch.arange(num_rows, device=lengths_B.device)[None] >= rows_B[:, None]
@@ -214,7 +214,7 @@ class WeightNormConv1d(nn.Module):
 
 
 class GatedRelPosAttention(nn.Module):
-    """Multi-head self-attention with the gated relative position bias of BEATs (spec §2.4).
+    """Multi-head self-attention with the gated relative position bias of BEATs (docs/beats.md §2.4).
 
     logits = q·k/√d + gate · B0, with gate = σ(a)·(σ(b)·grep_a − 1) + 2 per (head, query), where
     a, b are sums of four outputs each of `grep_linear` applied to the unscaled per-head query.
@@ -434,7 +434,7 @@ class BeatsModel(nn.Module):
 # -------------------------------------------------------------------------------------------------
 # Checkpoint conversion
 
-#: what each reference builds when a cfg omits a key (spec §2.1)
+#: what each reference builds when a cfg omits a key (docs/beats.md §2.1)
 MICROSOFT_CODE_DEFAULTS: dict[str, Any] = dict(
     input_patch_size=-1, embed_dim=512, conv_bias=False, encoder_layers=12, encoder_embed_dim=768,
     encoder_ffn_embed_dim=3072, encoder_attention_heads=12, activation_fn="gelu", layer_norm_first=False,
@@ -559,7 +559,7 @@ def load_state_strict(model: nn.Module, state: dict[str, Tensor], source: str, a
 
 
 # -------------------------------------------------------------------------------------------------
-# Presets: the architectures of the releases (spec §4), the one place they are written down.
+# Presets: the architectures of the releases (docs/beats.md §4), the one place they are written down.
 # Fields not listed keep the BeatsConfig defaults (the released values).
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -1,4 +1,4 @@
-"""The BEATs acoustic tokenizer (Microsoft `Tokenizers.py` + `quantizer.py`, spec beats.md §3.5, §6.1).
+"""The BEATs acoustic tokenizer (Microsoft `Tokenizers.py` + `quantizer.py`, docs/beats.md §3.5, §6.1).
 
 A BEATs backbone, then `quantize_layer` (Linear D→D, Tanh, Linear D→quant_dim), l2-normalisation and
 the nearest code of an l2-normalised codebook (quant_n × quant_dim). The codebook state keeps the

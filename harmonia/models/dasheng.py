@@ -6,7 +6,7 @@ classification" (Interspeech 2024, arXiv 2406.06992). Reference code: PyPI `dash
 identical to github RicherMans/Dasheng @ db73093. Released weights: Zenodo record 11511780
 (`{'model', 'config'}` .pt files) and Hugging Face `mispeech/dasheng-{base,0.6B,1.2B}`
 (`model.safetensors` with `encoder.`-prefixed keys, remote code jimbozhang/hf_transformers_custom_model_dasheng
-@ 31f5d6d). Spec: `specs/dasheng.md`.
+@ 31f5d6d). Details: `docs/dasheng.md`.
 
 Pipeline (B = batch, M = 64 mel bins, T = mel frames, T' = T // 4 tokens, D = embed_dim):
   wav (B, N) -> log-mel dB (B, M, T) -> per-mel BatchNorm (eval) -> 64x4 patches -> tokens (B, T', D)
@@ -393,7 +393,7 @@ def build_model(cfg: DashengConfig, state: Mapping[str, Tensor], dtype: torch.dt
 
 
 # -------------------------------------------------------------------------------------------------
-# presets: the released sizes (spec §3); head counts from the official factories
+# presets: the released sizes (docs/dasheng.md §3); head counts from the official factories
 
 
 PRESETS: dict[str, DashengConfig] = {
@@ -411,7 +411,7 @@ def preset(name: str, **overrides) -> DashengConfig:
 
 
 def num_parameters(cfg: DashengConfig) -> int:
-    """Parameter count of the encoder (the spec's formula, generalised to any MLP ratio)."""
+    """Parameter count of the encoder (the formula of docs/dasheng.md §3, generalised to any MLP ratio)."""
     D = cfg.embed_dim
     H = int(D * cfg.mlp_ratio)
     per_block = 4 * D + (3 * D * D + (3 * D if cfg.qkv_bias else 0)) + (D * D + D) + (2 * D * H + H + D)

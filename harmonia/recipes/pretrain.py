@@ -1,10 +1,10 @@
 """Pre-training recipes as Python functions returning a `PretrainConfig`.
 
 Sources for each value are noted inline:
-  [OB-base]  Shikhar-S/OpenBEATs `src/openbeats/conf/pretrain_base.yaml` (spec beats.md §4, §6.4)
+  [OB-base]  Shikhar-S/OpenBEATs `src/openbeats/conf/pretrain_base.yaml` (docs/beats.md §4, §6.4)
   [OB-large] Shikhar-S/OpenBEATs `openbeats/conf/pretrain_large.yaml` / ESPnet audioverse ICME recipe
   [paper]    CMU-AIST ICME 2025 report (section III-B)
-  [spec]     spec beats.md §6.4 (ESPnet BeatsPretrainModel)
+  [spec]     docs/beats.md §6.4 (ESPnet BeatsPretrainModel)
 Override anything with `--set section.key=value`.
 """
 
@@ -20,7 +20,8 @@ from harmonia.train.config import (
     TokenizerConfig,
 )
 
-# the released architectures (models/beats.py presets), with the pre-training dropout 0.1 [OB-base] [OB-large]
+# the released architectures (models/beats.py presets, docs/beats.md §4), with the pre-training
+# dropout 0.1 [OB-base] [OB-large]
 BASE_ENCODER = {**PRESETS["beats-base"], "dropout": 0.1}
 LARGE_ENCODER = {**PRESETS["beats-large"], "dropout": 0.1}  # ≈311M parameters
 

@@ -21,10 +21,10 @@ class ModelConfig:
     task: str = "mlm"  # mlm: masked acoustic-token prediction | vqkd: tokenizer distillation
     encoder: dict[str, Any] = field(default_factory=dict)  # BeatsConfig overrides (architecture)
     decoder_embed_dim: int = 768  # predictor width (ESPnet decoder_embed_dim)
-    decoder_layers: int = 3  # predictor depth (spec §6.4)
+    decoder_layers: int = 3  # predictor depth (docs/beats.md §6.4)
     codebook_size: int = 1024  # label vocabulary (tokenizer quant_n)
     mask_ratio: float = 0.75  # share of valid patches dropped from the encoder input
-    label_smoothing: float = 0.1  # cross-entropy smoothing (spec §6.4)
+    label_smoothing: float = 0.1  # cross-entropy smoothing (docs/beats.md §6.4)
     # vqkd only
     quant_dim: int = 256  # code dimension
     vq_beta: float = 1.0  # VQ commitment weight (MS 1.0, ESPnet recipe 10.0)

@@ -1,4 +1,4 @@
-"""MAE-style patch dropping for masked acoustic-token prediction (spec §6.4).
+"""MAE-style patch dropping for masked acoustic-token prediction (docs/beats.md §6.4).
 
 Per clip, `round(valid · (1 − mask_ratio))` patches are kept, chosen by sorting uniform noise
 (padded patches get +inf noise, so they are never kept), then re-sorted into their original order.

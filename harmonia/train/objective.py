@@ -1,4 +1,4 @@
-"""The BEATs pre-training objective (spec §6.4, ESPnet's reconstruction; Microsoft's code is not
+"""The BEATs pre-training objective (docs/beats.md §6.4, ESPnet's reconstruction; Microsoft's code is not
 public): masked acoustic-token prediction with an MAE-style encoder and a 3-layer predictor.
 
     fbank (B,T,128) → patch_embed (B,P,E) → keep 25 % → project → encoder (B,K,D)

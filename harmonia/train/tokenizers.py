@@ -1,4 +1,4 @@
-"""Acoustic tokenizers for pre-training (spec §6.2–6.5). All map a normalised fbank (B, T, 128) and
+"""Acoustic tokenizers for pre-training (docs/beats.md §6.2–6.5). All map a normalised fbank (B, T, 128) and
 a patch padding mask (B, P) to code labels (B, P) through `labels(fbank_BTF, padding_mask_BP)`.
 
 - `RandomProjectionTokenizer` (iteration 1, BEST-RQ style as ESPnet's `BeatsRandomTokenizer`):
@@ -111,7 +111,7 @@ def kmeans_cosine(samples_ND: Tensor, k: int, iters: int = 10, generator: torch.
 
 
 class NormEMAVectorQuantizer(nn.Module):
-    """l2-normalised codebook updated by EMA (spec §6.2); k-means init on the first training batch.
+    """l2-normalised codebook updated by EMA (docs/beats.md §6.2); k-means init on the first training batch.
     Buffers use the Microsoft names: `embedding.weight`, `cluster_size`, `embedding.initted`."""
 
     def __init__(self, n: int, dim: int, beta: float = 1.0, decay: float = 0.99) -> None:

@@ -60,7 +60,7 @@ def test_weighted_average_and_mean_std():
 
 
 def test_cosine_lr_matches_xares_schedule():
-    # values from specs/xares.md §3.1 (simulated ignite CosineAnnealingScheduler)
+    # values from docs/xares.md §3.1 (simulated ignite CosineAnnealingScheduler)
     assert [round(cosine_lr(e, 3, 1e-3), 7) for e in (1, 2, 3)] == [1e-3, 7.75e-4, 3.25e-4]
     assert cosine_lr(10, 10, 1e-3) == pytest.approx(1.22e-4, abs=1e-6)
     assert cosine_lr(20, 20, 1e-3) == pytest.approx(1.06e-4, abs=1e-6)

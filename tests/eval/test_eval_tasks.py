@@ -1,4 +1,4 @@
-"""The task registry (values of specs/xares.md §2.1-2.2), custom task files, labels."""
+"""The task registry (values of docs/xares.md §2.1-2.2), custom task files, labels."""
 
 import json
 

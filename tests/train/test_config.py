@@ -54,5 +54,5 @@ def test_large_recipe_has_311M_encoder_parameters():
     with torch.device("meta"):
         model = BeatsModel(BeatsConfig(**beats_large_balanced().model.encoder))
     n = sum(p.numel() for p in model.parameters())
-    # spec beats.md §4: 311,376,576 for the OpenBEATs-Large cfg (tied tables counted once)
+    # docs/beats.md §4: 311,376,576 for the OpenBEATs-Large cfg (tied tables counted once)
     assert n == 311_376_576

@@ -92,8 +92,13 @@ def test_vq_kmeans_init_and_ema_update():
     assert torch.allclose(vq.weight.norm(dim=-1), torch.ones(4), atol=1e-5)
     # every true centre has a code within cosine 0.95 after init + one EMA step
     assert ((centers @ vq.weight.T).max(1).values > 0.95).all()
-    assert torch.allclose(zq, vq.weight[codes], atol=1e-6) or loss > 0  # straight-through value = code
     assert math.isfinite(loss.item())
+    vq.eval()  # no EMA update: the straight-through value is exactly the code chosen for each vector
+    zq, codes, loss = vq(data)
+    z = F.normalize(data, dim=-1)
+    assert torch.equal(codes, (z @ vq.weight.T).argmax(-1))
+    torch.testing.assert_close(zq, vq.weight[codes], rtol=0, atol=1e-6)
+    torch.testing.assert_close(loss, ((vq.weight[codes] - z) ** 2).mean())  # beta = 1
 
 
 def test_vqkd_exports_a_microsoft_layout_tokenizer(tmp_path):
