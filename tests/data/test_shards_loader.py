@@ -3,7 +3,9 @@ from __future__ import annotations
 import json
 from itertools import islice
 
+import numpy as np
 import pytest
+import soundfile as sf
 import torch
 
 from harmonia.data.loader import MixtureLoader, build_loader, stream_hours
@@ -44,7 +46,6 @@ def test_shards_content_and_webdataset_readable(shard_dir, manifest):
         meta = json.loads(sample["json"])
         import io
 
-        import soundfile as sf
 
         wav, sr = sf.read(io.BytesIO(sample["flac"]))
         assert sr == 16000 and wav.ndim == 1 and len(wav) <= 10 * 16000
@@ -98,7 +99,6 @@ def _dead_pid() -> int:
 
 
 def _tiny_pool(root, n=3, seconds=1.0):
-    import soundfile as sf
 
     src = root / "src"
     src.mkdir(parents=True)
