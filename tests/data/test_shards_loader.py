@@ -99,7 +99,6 @@ def _dead_pid() -> int:
 
 
 def _tiny_pool(root, n=3, seconds=1.0):
-
     src = root / "src"
     src.mkdir(parents=True)
     for i in range(n):
