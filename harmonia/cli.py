@@ -15,6 +15,7 @@ SUBCOMMAND_MODULES = [
     "harmonia.eval.cli",  # evaluate, report
     "harmonia.data.cli",
     "harmonia.train.cli",
+    "harmonia.train.distill",  # distill
 ]
 
 
