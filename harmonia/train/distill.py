@@ -338,7 +338,14 @@ def distill(cfg: DistillConfig, export: str | Path | None = None, cache_only: bo
     from harmonia.data.loader import build_loader, stream_hours
     from harmonia.data.mixture import RATIO_ORDER, plan_mixture
     from harmonia.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from harmonia.train.distributed import all_reduce_sum, barrier, gather_objects, init_distributed, unwrap, wrap_model
+    from harmonia.train.distributed import (
+        all_reduce_sum,
+        barrier,
+        gather_objects,
+        init_distributed,
+        unwrap,
+        wrap_model,
+    )
     from harmonia.train.optim import build_optimizer, build_scheduler
     from harmonia.train.pretrain import _full_state, _load_optimizer
 
@@ -357,9 +364,9 @@ def distill(cfg: DistillConfig, export: str | Path | None = None, cache_only: bo
     streams = sorted(n for n, v in plan_mixture(stream_hours(d.shards), d.ratio, d.corpus_weights).target.items() if v > 0)
     cached = None
     if cfg.teacher.cache:  # written once (fingerprint-checked, resumable), then read instead of the teacher
-        prepare_cache(cfg, teacher, streams, info, run.progress and info.is_main)
+        written = prepare_cache(cfg, teacher, streams, info, run.progress and info.is_main)
         if cache_only:
-            return {"cache": cfg.teacher.cache, "streams": streams}
+            return {"cache": cfg.teacher.cache, "streams": streams, "shards_written": written}
         cached = CachedTargets(cfg.teacher.cache, d.shards, streams, len(teacher.members), teacher.layers)
         specs = cached.specs(teacher.names)
         teacher = None  # free its memory

@@ -32,7 +32,13 @@ from torch import Tensor
 
 from harmonia.encoder import AudioEncoder
 from harmonia.ensemble import EnsembleEncoder
-from harmonia.io import CheckpointError, read_safetensors, remove_stale_temps, write_json_atomic, write_safetensors
+from harmonia.io import (
+    CheckpointError,
+    read_safetensors,
+    remove_stale_temps,
+    write_json_atomic,
+    write_safetensors,
+)
 
 CACHE_VERSION = 1
 FINGERPRINT = "fingerprint.json"
@@ -234,19 +240,20 @@ class CachedTargets:
                            {k: int(self._get(f"{first}|{m}|{k}").shape[-1]) for k in self.layers.get(m, [])})
                 for m in range(self.num_members)]
 
+    def _stack(self, names: list[str], device: torch.device) -> tuple[Tensor, Tensor]:
+        """Right-padded (B, T_max, D) float32 on `device` and the lengths (B,)."""
+        items = [self._get(n) for n in names]
+        lens = torch.tensor([len(x) for x in items])
+        out = torch.zeros(len(items), int(lens.max()), items[0].shape[-1])
+        for i, x in enumerate(items):
+            out[i, : len(x)] = x.float()
+        return out.to(device), lens
+
     def targets(self, keys: Sequence[str], device: torch.device) -> Targets:
         frames, lengths, hidden = [], [], []
         for m in range(self.num_members):
-            def pad(suffix: str) -> tuple[Tensor, Tensor]:
-                items = [self._get(f"{k}|{m}{suffix}") for k in keys]
-                lens = torch.tensor([len(x) for x in items])
-                out = torch.zeros(len(items), int(lens.max()), items[0].shape[-1])
-                for i, x in enumerate(items):
-                    out[i, : len(x)] = x.float()
-                return out.to(device), lens
-
-            f, lens = pad("")
+            f, lens = self._stack([f"{k}|{m}" for k in keys], device)
             frames.append(f)
             lengths.append(lens)
-            hidden.append({k: pad(f"|{k}")[0] for k in self.layers.get(m, [])})
+            hidden.append({t: self._stack([f"{k}|{m}|{t}" for k in keys], device)[0] for t in self.layers.get(m, [])})
         return Targets(frames, lengths, hidden)

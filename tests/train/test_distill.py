@@ -109,3 +109,20 @@ def test_untrained_top_layers_are_refused():
         DistillModel(student, [MemberSpec("m", 8, {})], 1, [], "linear", 1.0, 1.0)
     # a layer target on the top state makes a head on a lower state legitimate
     DistillModel(student, [MemberSpec("m", 8, {3: 8})], 1, [(2, 0, 3)], "linear", 1.0, 1.0)
+
+
+def test_dasheng_student_with_layer_targets(tiny_shards, tmp_path):
+    """A Dasheng student, heads on the last state plus a layer-to-layer target (student state 1 ->
+    teacher member 1's state 1), from the cache: every target trains and the export is a Dasheng."""
+    cfg = tiny_distill_config(tiny_shards, tmp_path / "run", **{
+        "student.family": "dasheng", "student.arch": '{"embed_dim": 32, "depth": 2, "num_heads": 2}',
+        "distill.layer_targets": '["1:1:1"]', "teacher.cache": tmp_path / "cache", "data.crop_seconds": 0,
+        "run.max_steps": 6, "optim.lr": 3e-3})
+    record = distill(cfg, export=tmp_path / "student")
+    assert len(record["cosine"]) == 3  # two member heads and one layer head
+    losses = log_losses(tmp_path / "run")
+    assert losses[6] < losses[1]
+    enc = harmonia.load_encoder(tmp_path / "student")
+    assert type(enc).__name__ == "DashengEncoder" and enc.output_dim == 32
+    # the input normalisation took the first batch's statistics (not the identity it is built with)
+    assert not torch.allclose(enc.model.mel_norm.running_mean, torch.zeros(64))
