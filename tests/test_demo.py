@@ -65,14 +65,20 @@ def test_demo_quick_end_to_end(tmp_path):
                           capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (out / "report" / "report.md").read_text()
-    models = ["beats-speech-heavy", "beats-balanced", "dasheng-mae", "ensemble", "random-init"]
+    models = ["beats-speech-heavy", "beats-balanced", "dasheng-mae", "ensemble", "random-init", "student"]
     for name in models:
         assert f"{name} (clean)" in report
         res = json.loads((out / "results" / name / "results.json").read_text())
         assert {e["status"] for e in res["tasks"].values()} == {"ok"} and len(res["tasks"]) == 7
         assert all(0.0 <= e["mlp"]["mean"] <= 1.0 for e in res["tasks"].values())
     assert (out / "report" / "report.png").stat().st_size > 10_000
-    assert "Do the paper's effects appear?" in report and report.count("HOLD") >= 4
+    assert "Do the paper's effects appear?" in report and report.count("HOLD") >= 6
+    # the distilled student: its share of the ensemble's score and its measured encode cost are stated
+    student = report.split("Beyond the paper")[1]
+    assert "of the ensemble's weighted MLP score" in student and "of the ensemble's time" in student
+    distill_log = [json.loads(x) for x in (out / "models" / "student" / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in distill_log if "loss" in r]
+    assert losses[-1] < 0.8 * losses[0]
     # the real pre-training loop learned: masked-patch accuracy far above chance (1/64)
     for run in ("beats_speech_heavy", "beats_balanced"):
         last = json.loads((out / "models" / run / "run" / "log.jsonl").read_text().splitlines()[-1])

@@ -126,3 +126,17 @@ def test_dasheng_student_with_layer_targets(tiny_shards, tmp_path):
     assert type(enc).__name__ == "DashengEncoder" and enc.output_dim == 32
     # the input normalisation took the first batch's statistics (not the identity it is built with)
     assert not torch.allclose(enc.model.mel_norm.running_mean, torch.zeros(64))
+
+
+def test_demo_verdict_states_both_targets_and_says_when_they_fail():
+    from harmonia.demo.run import distill_verdict
+
+    def runs(student, ensemble):
+        return {"student": {"summary": {"mlp_all": student}}, "ensemble": {"summary": {"mlp_all": ensemble}}}
+
+    ok = distill_verdict(runs(0.57, 0.60), {"student": 1.0, "ensemble": 4.0})
+    assert ok[0].startswith("HOLDS") and "95 %" in ok[0]
+    assert ok[1].startswith("HOLDS") and "0.25x" in ok[1]
+    bad = distill_verdict(runs(0.45, 0.60), {"student": 2.0, "ensemble": 4.0})
+    assert bad[0].startswith("DOES NOT HOLD") and "75 %" in bad[0]
+    assert bad[1].startswith("DOES NOT HOLD") and "0.50x" in bad[1]
