@@ -151,9 +151,9 @@ DISTILL_STEPS = {"quick": 200, "full": 600}
 
 
 def distill_student(shards: Path, models: dict, members: list[str], out: Path, steps: int, batch_size: int,
-                    seed: int) -> Path:
-    """The demo ensemble (the same one step 4 builds) distilled into `DISTILL_STUDENT` with the real
-    distillation loop; the teacher's targets are cached once (`out/teacher_cache`)."""
+                    seed: int, family: str = "dasheng", arch: dict | None = None) -> Path:
+    """The demo ensemble (the same one step 4 builds) distilled into a student (`DISTILL_STUDENT` by
+    default) with the real distillation loop; the teacher's targets are cached once (`out/teacher_cache`)."""
     from harmonia.ensemble import write_linked_ensemble
     from harmonia.recipes.distill import distill_tiny_debug
     from harmonia.train.distill import distill
@@ -165,7 +165,7 @@ def distill_student(shards: Path, models: dict, members: list[str], out: Path, s
                                     names=members, align="linear", reference=0, fuse="concat")
     cfg = distill_tiny_debug()
     cfg.name = "demo_distill"
-    cfg.student.family, cfg.student.arch = "dasheng", dict(DISTILL_STUDENT)
+    cfg.student.family, cfg.student.arch = family, dict(arch or DISTILL_STUDENT)
     cfg.teacher.source, cfg.teacher.cache = str(teacher), str(out / "teacher_cache")
     cfg.data.shards, cfg.data.ratio, cfg.data.batch_size, cfg.data.seed = str(shards), "balanced", batch_size, seed
     cfg.data.crop_seconds = 0.0  # whole segments: what the cache holds

@@ -140,3 +140,17 @@ def test_demo_verdict_states_both_targets_and_says_when_they_fail():
     bad = distill_verdict(runs(0.45, 0.60), {"student": 2.0, "ensemble": 4.0})
     assert bad[0].startswith("DOES NOT HOLD") and "75 %" in bad[0]
     assert bad[1].startswith("DOES NOT HOLD") and "0.50x" in bad[1]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_bf16_distillation_lowers_the_loss_and_exports_fp32(tiny_shards, tmp_path):
+    """On a GPU: bf16 autocast (run.precision=auto), teacher and student on the device."""
+    cfg = tiny_distill_config(tiny_shards, tmp_path / "run", **{"run.max_steps": 12, "optim.lr": 3e-3,
+                                                                 "data.crop_seconds": 0})
+    distill(cfg, export=tmp_path / "student")
+    losses = log_losses(tmp_path / "run")
+    assert sum(losses[s] for s in (10, 11, 12)) < sum(losses[s] for s in (1, 2, 3))
+    enc = harmonia.load_encoder(tmp_path / "student")
+    assert enc.dtype == torch.float32 and enc.device.type == "cpu"
+    assert torch.isfinite(enc(0.1 * torch.randn(1, 16000))).all()

@@ -50,3 +50,20 @@ def test_two_process_distill_resume_identical_losses(tiny_shards, tmp_path):
     assert len(set(a.values())) == 6
     frames = harmonia.load_encoder(tmp_path / "export")(0.1 * torch.randn(1, 16000))
     assert frames.shape == (1, 48, 64) and torch.isfinite(frames).all()
+
+
+@pytest.mark.dist
+def test_two_process_fsdp_distill_resumes_and_exports(tiny_shards, tmp_path):
+    """FSDP2 (`fully_shard` per student layer) on gloo: checkpoint at 3, resume to 4, export loads."""
+    import torch
+
+    import harmonia
+
+    for steps in (3, 4):
+        _torchrun(tiny_shards, tmp_path / "run", steps, "--export", str(tmp_path / "export"),
+                  "--set", "run.parallel=fsdp")
+    recs = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["event"] for r in recs if "event" in r] == ["start", "resume"]
+    assert sorted(r["step"] for r in recs if "loss" in r) == [1, 2, 3, 4]
+    frames = harmonia.load_encoder(tmp_path / "export")(0.1 * torch.randn(1, 16000))
+    assert frames.shape == (1, 48, 64) and torch.isfinite(frames).all()

@@ -1,0 +1,104 @@
+#!/usr/bin/env python3
+"""Distillation at demo scale: does one distilled student keep >= 90 % of the ensemble's weighted
+MLP score at <= 1/3 of its encode time on CPU?
+
+For each seed, the offline demo is run (`harmonia.demo.run.run_demo`; finished stages are reused),
+which pre-trains the three members, distils the ensemble into the demo's student and evaluates all of
+them on the seven synthetic tasks. Extra students (`--variant NAME=FAMILY:JSON_ARCH`) are distilled
+from the same cached teacher and evaluated on the same tasks. Encode cost is then measured apart from
+the demo: the ensemble and every student encode the same batch (8 clips of 10 s) in interleaved
+rounds, one thread, and the medians are compared.
+
+Examples (the machine is shared and noisy: compare ratios, repeat):
+  python benchmarks/distill.py --out /tmp/bench-distill --quick --seeds 0
+  python benchmarks/distill.py --out /tmp/bench-distill --seeds 0 1 \\
+      --variant beats-2x96='beats:{"encoder_layers":2,"encoder_embed_dim":96,"embed_dim":96,"encoder_ffn_embed_dim":256,"encoder_attention_heads":4,"conv_pos":16,"conv_pos_groups":4}'
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+def interleaved_seconds(encoders: dict, wav_BN: torch.Tensor, rounds: int) -> dict[str, float]:
+    """Median wall time of `encode` per encoder over `rounds` interleaved rounds (after a warm-up)."""
+    times: dict[str, list[float]] = {n: [] for n in encoders}
+    for enc in encoders.values():
+        enc.encode(wav_BN[:1, :16000])
+    for _ in range(rounds):
+        for name, enc in encoders.items():
+            t0 = time.perf_counter()
+            enc.encode(wav_BN)
+            times[name].append(time.perf_counter() - t0)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def main() -> None:
+    from harmonia import load_encoder
+    from harmonia.demo import run as demo
+    from harmonia.demo.tasks import demo_tasks
+    from harmonia.eval.runner import evaluate
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", required=True, help="one demo folder per seed is written (and reused) here")
+    ap.add_argument("--quick", action="store_true", help="the quick demo's sizes")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=FAMILY:JSON",
+                    help="another student architecture to distil and evaluate, e.g. dasheng-3x96='dasheng:{...}'")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
+    args = ap.parse_args()
+    torch.set_num_threads(1)
+    size = demo.QUICK if args.quick else demo.FULL
+    steps = demo.DISTILL_STEPS["quick" if args.quick else "full"]
+    variants = {}
+    for v in args.variant:
+        name, _, spec = v.partition("=")
+        family, _, arch = spec.partition(":")
+        variants[name] = (family, json.loads(arch))
+    members = ["beats-speech-heavy", "beats-balanced", "dasheng-mae"]
+    rows = []
+    for seed in args.seeds:
+        out = Path(args.out) / f"seed{seed}"
+        summary = demo.run_demo(out, quick=args.quick, seed=seed)
+        models = {m: out / "models" / m.replace("-", "_") / "model" for m in members}
+        models["student"] = out / "models" / "student" / "model"
+        scores = dict(summary["weighted_mlp"])
+        tasks = demo_tasks(size.task_sizes["test"])
+        for name, (family, arch) in variants.items():
+            vdir = out / "variants" / name
+            models[name] = demo.distill_student(out / "pool" / "shards", models, members, vdir, steps,
+                                                size.batch_size, seed, family, arch)
+            res = evaluate(load_encoder(models[name]), tasks, out / "tasks", out / "results" / name, mode="clean",
+                           seeds=size.seeds, cache_dir=out / "cache", model_name=name, progress=False)
+            scores[name] = res["summary"]["mlp_all"]
+        wav = torch.from_numpy(np.stack([demo.synth.pool_clip(np.random.default_rng([seed, 9, i]),
+                                                              demo.DOMAINS[i % 3], 10.0) for i in range(8)]))
+        encoders = {"ensemble": demo._evaluate_encoder("ensemble", models, members)}
+        encoders.update({n: load_encoder(models[n]) for n in ["student", *variants]})
+        secs = interleaved_seconds(encoders, wav, args.rounds)
+        for name in ["student", *variants]:
+            share, cost = scores[name] / scores["ensemble"], secs[name] / secs["ensemble"]
+            rows.append({"seed": seed, "student": name, "params_M": round(sum(p.numel() for p in encoders[name]
+                                                                             .parameters()) / 1e6, 3),
+                         "student_mlp": round(scores[name], 4), "ensemble_mlp": round(scores["ensemble"], 4),
+                         "score_share": round(share, 3), "encode_s": round(secs[name], 3),
+                         "ensemble_encode_s": round(secs["ensemble"], 3), "cost_share": round(cost, 3),
+                         "targets_hold": share >= 0.9 and cost <= 1 / 3})
+    print("| seed | student | params (M) | student MLP | ensemble MLP | score share | encode cost share | "
+          "both targets |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['seed']} | {r['student']} | {r['params_M']} | {r['student_mlp']:.3f} | {r['ensemble_mlp']:.3f} | "
+              f"{100 * r['score_share']:.0f} % | {r['cost_share']:.2f}x | {'yes' if r['targets_hold'] else 'NO'} |")
+    (Path(args.out) / "distill_benchmark.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
