@@ -293,7 +293,10 @@ def load_teacher(cfg: DistillConfig, device: torch.device, student: AudioEncoder
     layers: dict[int, list[int]] = {}
     for _, m, t in cfg.layer_pairs():
         layers.setdefault(m, []).append(t)
-    encoder = load_encoder(cfg.teacher.source, **cfg.teacher.options).to(device)
+    try:
+        encoder = load_encoder(cfg.teacher.source, **cfg.teacher.options).to(device)
+    except (ValueError, TypeError, OSError) as e:  # unknown name, unreadable checkpoint, bad option
+        raise ConfigError(f"teacher.source={cfg.teacher.source!r} (options {cfg.teacher.options}): {e}") from e
     teacher = Teacher(encoder, layers)
     if int(student.sampling_rate) != teacher.sampling_rate:
         raise ConfigError(f"sampling-rate mismatch: the teacher {cfg.teacher.source!r} reads {teacher.sampling_rate} Hz "
@@ -541,8 +544,11 @@ def run_from_args(args) -> int:
             print(json.dumps(cfg.to_dict(), indent=1))
             return 0
         record = distill(cfg, export=args.export, cache_only=args.cache_only)
-    except (ConfigError, CheckpointError) as e:
-        print(f"{'configuration' if isinstance(e, ConfigError) else 'teacher cache'} error: {e}", file=sys.stderr)
+    except ConfigError as e:
+        print(f"configuration error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointError as e:  # a teacher cache of another teacher, or an incomplete one
+        print(f"teacher cache error: {e}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(record))

@@ -154,3 +154,20 @@ def test_gpu_bf16_distillation_lowers_the_loss_and_exports_fp32(tiny_shards, tmp
     enc = harmonia.load_encoder(tmp_path / "student")
     assert enc.dtype == torch.float32 and enc.device.type == "cpu"
     assert torch.isfinite(enc(0.1 * torch.randn(1, 16000))).all()
+
+
+def test_cli_reports_errors_without_a_traceback(tiny_shards, tmp_path, capsys):
+    from harmonia.cli import main
+
+    base = ["distill", "distill_tiny_debug", "--set", f"data.shards={tiny_shards}", "--set",
+            f"run.out_dir={tmp_path / 'run'}", "--set", "run.progress=false"]
+    assert main(base + ["--set", f"teacher.source={TEACHER}", "--set", "student.family=dasheng", "--set",
+                        'student.arch={"embed_dim": 32, "depth": 1, "num_heads": 2, "sample_rate": 32000}']) == 2
+    assert "configuration error: sampling-rate mismatch" in capsys.readouterr().err
+    assert main(base + ["--set", "teacher.source=no-such-encoder"]) == 2
+    assert "teacher.source='no-such-encoder'" in capsys.readouterr().err
+    assert main(["distill", "distill_tiny_debg"]) == 2
+    assert "did you mean distill_tiny_debug" in capsys.readouterr().err
+    assert main(["distill", "distill_cmu_ensemble_base", "--print-config"]) == 0
+    cfg = json.loads(capsys.readouterr().out)
+    assert cfg["teacher"]["source"] == "cmu-aist-icme2025" and cfg["student"]["arch"]["encoder_layers"] == 12
