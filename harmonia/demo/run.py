@@ -148,10 +148,13 @@ def random_beats(out: Path, seed: int) -> Path:
 #: the student: a Dasheng-architecture encoder (25 Hz tokens), cheaper than one ensemble member
 DISTILL_STUDENT = dict(embed_dim=128, depth=3, num_heads=4)
 DISTILL_STEPS = {"quick": 200, "full": 600}
+#: the teacher as the student sees it
+DISTILL_TEACHER_OPTIONS: dict = {}
 
 
 def distill_student(shards: Path, models: dict, members: list[str], out: Path, steps: int, batch_size: int,
-                    seed: int, family: str = "dasheng", arch: dict | None = None) -> Path:
+                    seed: int, family: str = "dasheng", arch: dict | None = None,
+                    teacher_options: dict | None = None) -> Path:
     """The demo ensemble (the same one step 4 builds) distilled into a student (`DISTILL_STUDENT` by
     default) with the real distillation loop; the teacher's targets are cached once (`out/teacher_cache`)."""
     from harmonia.ensemble import write_linked_ensemble
@@ -167,6 +170,7 @@ def distill_student(shards: Path, models: dict, members: list[str], out: Path, s
     cfg.name = "demo_distill"
     cfg.student.family, cfg.student.arch = family, dict(arch or DISTILL_STUDENT)
     cfg.teacher.source, cfg.teacher.cache = str(teacher), str(out / "teacher_cache")
+    cfg.teacher.options = dict(DISTILL_TEACHER_OPTIONS if teacher_options is None else teacher_options)
     cfg.data.shards, cfg.data.ratio, cfg.data.batch_size, cfg.data.seed = str(shards), "balanced", batch_size, seed
     cfg.data.crop_seconds = 0.0  # whole segments: what the cache holds
     cfg.optim.lr, cfg.optim.warmup_steps = 2e-3, max(10, steps // 10)

@@ -180,20 +180,21 @@ def build_student(s: StudentConfig) -> AudioEncoder:
 
 
 @torch.no_grad()
-def set_input_statistics(student: AudioEncoder, wav_BN: Tensor) -> None:
-    """A from-scratch Dasheng's input BatchNorm takes the mean/variance per mel bin of the first
-    batch (as its MAE pre-training does), averaged over ranks; BEATs needs nothing."""
+def set_input_statistics(student: AudioEncoder, data) -> None:
+    """A from-scratch Dasheng's input BatchNorm takes the mean/variance per mel bin of one batch of
+    the training mixture (as its MAE pre-training does). The batch is drawn by a loader of its own,
+    as rank 0 of 1 would see it: the same on every rank, no collective, the training stream untouched.
+    BEATs needs nothing."""
+    from harmonia.data.loader import build_loader
     from harmonia.encoders.dasheng import DashengEncoder
-    from harmonia.train.distributed import all_reduce_sum
 
     if not isinstance(student, DashengEncoder):
         return
-    mel = student.model.log_mel(wav_BN)
-    stats = torch.stack([mel.mean(dim=(0, 2)), mel.var(dim=(0, 2))]).double().cpu()
-    all_reduce_sum(stats)
-    stats /= dist.get_world_size() if dist.is_initialized() else 1
-    student.model.mel_norm.running_mean.copy_(stats[0])
-    student.model.mel_norm.running_var.copy_(stats[1])
+    loader = build_loader(data.shards, data.ratio, data.batch_size, data.seed, 0, 1, 0, data.corpus_weights,
+                          crop_seconds=data.crop_seconds)
+    mel = student.model.log_mel(next(iter(loader))["wav"])
+    student.model.mel_norm.running_mean.copy_(mel.mean(dim=(0, 2)))
+    student.model.mel_norm.running_var.copy_(mel.var(dim=(0, 2)))
 
 
 def student_forward(student: AudioEncoder, wav_BN: Tensor, lengths_B: Tensor, hidden: bool) -> EncoderOutput:
@@ -394,12 +395,10 @@ def distill(cfg: DistillConfig, export: str | Path | None = None, cache_only: bo
     # -- heads, optimiser ---------------------------------------------------------------------------
     model = DistillModel(student, specs, cfg.distill.head_layer, cfg.layer_pairs(), cfg.distill.align,
                          cfg.distill.l1_weight, cfg.distill.cos_weight)
-    first = None
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])
     elif not cfg.student.init:
-        first = next(it)
-        set_input_statistics(student, first["wav"])
+        set_input_statistics(student, cfg.data)
     model.to(info.device)
     model_w = wrap_model(model, info, run.parallel)
     optimizer = build_optimizer(model_w, cfg.optim)
@@ -440,7 +439,7 @@ def distill(cfg: DistillConfig, export: str | Path | None = None, cache_only: bo
         t0 = time.perf_counter()
         sums = torch.zeros(2 + n_targets, dtype=torch.float64)  # loss, clips, cosine per target
         for micro in range(accum):
-            batch, first = (first, None) if first is not None else (next(it), None)
+            batch = next(it)
             wav_BN, lengths_B = batch["wav"].to(info.device), batch["lengths"]
             with torch.no_grad(), autocast:
                 targets = (cached.targets(batch["keys"], info.device) if cached is not None
