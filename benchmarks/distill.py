@@ -4,15 +4,16 @@ MLP score at <= 1/3 of its encode time on CPU?
 
 For each seed, the offline demo is run (`harmonia.demo.run.run_demo`; finished stages are reused),
 which pre-trains the three members, distils the ensemble into the demo's student and evaluates all of
-them on the seven synthetic tasks. Extra students (`--variant NAME=FAMILY:JSON_ARCH`) are distilled
+them on the seven synthetic tasks. Extra students (`--variant NAME=JSON`, keys family, arch,
+teacher_options; missing keys take the demo's values) are distilled
 from the same cached teacher and evaluated on the same tasks. Encode cost is then measured apart from
 the demo: the ensemble and every student encode the same batch (8 clips of 10 s) in interleaved
 rounds, one thread, and the medians are compared.
 
 Examples (the machine is shared and noisy: compare ratios, repeat):
   python benchmarks/distill.py --out /tmp/bench-distill --quick --seeds 0
-  python benchmarks/distill.py --out /tmp/bench-distill --seeds 0 1 \\
-      --variant beats-2x96='beats:{"encoder_layers":2,"encoder_embed_dim":96,"embed_dim":96,"encoder_ffn_embed_dim":256,"encoder_attention_heads":4,"conv_pos":16,"conv_pos_groups":4}'
+  python benchmarks/distill.py --out /tmp/bench-distill --seeds 0 1 --variant 'flat={"teacher_options": {}}' \\
+      --variant 'dasheng-3x192={"arch": {"embed_dim": 192, "depth": 3, "num_heads": 4}}'
 """
 
 from __future__ import annotations
@@ -50,8 +51,9 @@ def main() -> None:
     ap.add_argument("--out", required=True, help="one demo folder per seed is written (and reused) here")
     ap.add_argument("--quick", action="store_true", help="the quick demo's sizes")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0])
-    ap.add_argument("--variant", action="append", default=[], metavar="NAME=FAMILY:JSON",
-                    help="another student architecture to distil and evaluate, e.g. dasheng-3x96='dasheng:{...}'")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=JSON",
+                    help='another student to distil and evaluate: NAME={"family": ..., "arch": {...}, '
+                         '"teacher_options": {...}} (missing keys: the demo\'s)')
     ap.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -60,8 +62,7 @@ def main() -> None:
     variants = {}
     for v in args.variant:
         name, _, spec = v.partition("=")
-        family, _, arch = spec.partition(":")
-        variants[name] = (family, json.loads(arch))
+        variants[name] = {"family": "dasheng", "arch": None, "teacher_options": None, **json.loads(spec)}
     members = ["beats-speech-heavy", "beats-balanced", "dasheng-mae"]
     rows = []
     for seed in args.seeds:
@@ -71,10 +72,10 @@ def main() -> None:
         models["student"] = out / "models" / "student" / "model"
         scores = dict(summary["weighted_mlp"])
         tasks = demo_tasks(size.task_sizes["test"])
-        for name, (family, arch) in variants.items():
-            vdir = out / "variants" / name
-            models[name] = demo.distill_student(out / "pool" / "shards", models, members, vdir, steps,
-                                                size.batch_size, seed, family, arch)
+        for name, v in variants.items():
+            models[name] = demo.distill_student(out / "pool" / "shards", models, members, out / "variants" / name,
+                                                steps, size.batch_size, seed, v["family"], v["arch"],
+                                                v["teacher_options"])
             res = evaluate(load_encoder(models[name]), tasks, out / "tasks", out / "results" / name, mode="clean",
                            seeds=size.seeds, cache_dir=out / "cache", model_name=name, progress=False)
             scores[name] = res["summary"]["mlp_all"]
