@@ -39,6 +39,7 @@ from harmonia.io import (
     write_json_atomic,
     write_safetensors,
 )
+from harmonia.train.config import ConfigError
 
 CACHE_VERSION = 1
 FINGERPRINT = "fingerprint.json"
@@ -85,7 +86,7 @@ class Teacher:
         self.layers = {m: sorted(set(ls)) for m, ls in (layers or {}).items()}
         bad = [m for m in self.layers if not 0 <= m < len(self.members)]
         if bad:
-            raise ValueError(f"layer targets name teacher member(s) {bad}; the teacher has {len(self.members)} "
+            raise ConfigError(f"distill.layer_targets name teacher member(s) {bad}; the teacher has {len(self.members)} "
                              f"member(s) {self.names} (indices 0..{len(self.members) - 1})")
 
     @property
@@ -99,8 +100,8 @@ class Teacher:
             want = self.layers.get(m, [])
             out = member.encode(wav_BN, lengths_B, output_hidden_states=bool(want))
             if want and len(out.hidden_states) <= max(want):
-                raise ValueError(f"teacher member {self.names[m]} has {len(out.hidden_states)} hidden states "
-                                 f"(0..{len(out.hidden_states) - 1}); a layer target asks for {max(want)}")
+                raise ConfigError(f"teacher member {m} ({self.names[m]}) has {len(out.hidden_states)} hidden states "
+                                  f"(0..{len(out.hidden_states) - 1}); distill.layer_targets asks for {max(want)}")
             frames.append(out.frames)
             lengths.append(out.lengths.cpu())
             hidden.append({k: out.hidden_states[k] for k in want})

@@ -171,3 +171,10 @@ def test_cli_reports_errors_without_a_traceback(tiny_shards, tmp_path, capsys):
     assert main(["distill", "distill_cmu_ensemble_base", "--print-config"]) == 0
     cfg = json.loads(capsys.readouterr().out)
     assert cfg["teacher"]["source"] == "cmu-aist-icme2025" and cfg["student"]["arch"]["encoder_layers"] == 12
+
+
+@pytest.mark.parametrize("pair,match", [("2:5:1", r"member\(s\) \[5\]"), ("2:0:9", "hidden states")])
+def test_layer_target_outside_the_teacher_is_a_config_error(tiny_shards, tmp_path, pair, match):
+    cfg = tiny_distill_config(tiny_shards, tmp_path / "run", **{"distill.layer_targets": f'["{pair}"]'})
+    with pytest.raises(ConfigError, match=match):
+        distill(cfg)
