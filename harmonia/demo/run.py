@@ -322,9 +322,10 @@ def run_demo(out: str | os.PathLike = "demo-out", quick: bool = False, seed: int
 
     members = ["beats-speech-heavy", "beats-balanced", "dasheng-mae"]
     names = members + ["ensemble", "random-init"]
-    _log(f"4/5 evaluating {len(names)} encoders on {len(tasks)} tasks (linear probe + kNN, {size.seeds} seed(s))")
-    # 7. the student is distilled (and then evaluated) beside the other evaluations
     steps = DISTILL_STEPS["quick" if quick else "full"]
+    _log(f"4/5 evaluating {len(names)} encoders on {len(tasks)} tasks (linear probe + kNN, {size.seeds} seed(s)); "
+         f"beside them, the ensemble distilled into one student ({steps} steps), then evaluated")
+    # 7. the student is distilled (and then evaluated) beside the other evaluations
     eval_jobs = {"student": (_distill_and_evaluate, (shards, models, members, out, size, steps, seed, tasks)),
                  **{name: (_evaluate_one, (name, models, members, tasks, out, size.seeds)) for name in names}}
     runs = _parallel(eval_jobs, workers)
