@@ -76,6 +76,14 @@ def test_a_few_steps_lower_the_loss_and_export_is_a_normal_encoder(tiny_shards, 
     enc = harmonia.load_encoder(tmp_path / "student")
     assert type(enc).__name__ == "BeatsEncoder" and enc.output_dim == 64 and enc.hop_size_in_ms == 20.0
     assert check_audio_encoder(enc) is True
+    from harmonia.xares_export import export_xares
+    from tests.test_xares_export import encoder_attributes, import_module
+
+    plugin = import_module(export_xares(str(tmp_path / "student"), tmp_path / "student_encoder.py"))
+    xares_enc = getattr(plugin, encoder_attributes(plugin)[0])()
+    assert check_audio_encoder(xares_enc) is True
+    wav = 0.1 * torch.randn(1, 16000)
+    assert torch.allclose(xares_enc(wav), enc(wav), atol=1e-5)
     from harmonia.io import read_safetensors
 
     keys = list(read_safetensors(tmp_path / "student" / "model.safetensors"))
