@@ -1,4 +1,8 @@
-"""`harmonia pretrain RECIPE [--set key=value ...] [--export DIR] [--iterations N]`."""
+"""`harmonia pretrain RECIPE [--set key=value ...] [--export DIR] [--iterations N]`.
+
+Multi-process: `torchrun --nproc_per_node N -m harmonia pretrain RECIPE ...` (or `-m harmonia.train.cli`).
+This module imports the loop (inside the function, so `harmonia --help` stays fast); the loop never
+imports it."""
 
 from __future__ import annotations
 
@@ -18,9 +22,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--iterations", type=int, default=1,
                    help="BEATs iterations (tokenizer -> encoder -> VQ-KD tokenizer -> ...); exports under run.out_dir")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--override-resume-config", action="store_true",
+                   help="resume even though --set changed settings: apply the changes from the resumed step on "
+                        "(lr, schedule, mixture...; architecture changes are still refused) and record them in "
+                        "run.out_dir/config_history.jsonl")
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    from harmonia.io import CheckpointError
     from harmonia.recipes.pretrain import RECIPES
     from harmonia.train.config import ConfigError, apply_overrides
     from harmonia.train.distributed import shutdown
@@ -38,13 +47,22 @@ def run_from_args(args: argparse.Namespace) -> int:
             return 0
         cfg.validate()
     except ConfigError as e:
-        print(f"configuration error: {e}", file=sys.stderr)
+        print(f"harmonia pretrain: configuration error: {e}", file=sys.stderr)
         return 2
-    if args.iterations > 1:
-        out = iterate(cfg, args.iterations, cfg.run.out_dir)
-        print(f"final encoder: {out}")
-    else:
-        record = pretrain(cfg, export=args.export)
+    try:
+        if args.iterations > 1:
+            out = iterate(cfg, args.iterations, cfg.run.out_dir, override_resume_config=args.override_resume_config)
+            print(f"final encoder: {out}")
+            record = None
+        else:
+            record = pretrain(cfg, export=args.export, override_resume_config=args.override_resume_config)
+    except ConfigError as e:  # e.g. a resume with changed settings
+        print(f"harmonia pretrain: configuration error: {e}", file=sys.stderr)
+        return 2
+    except CheckpointError as e:  # e.g. no intact checkpoint in run.out_dir
+        print(f"harmonia pretrain: error: {e}", file=sys.stderr)
+        return 2
+    if record is not None:
         if os.environ.get("RANK", "0") == "0":
             print(json.dumps(record))
     shutdown()  # on success only: a failing rank must exit with its error, not wait in a barrier
@@ -55,3 +73,14 @@ def add_parser(subparsers) -> None:
     p = subparsers.add_parser("pretrain", help="BEATs pre-training from a recipe (torchrun for several processes)")
     add_arguments(p)
     p.set_defaults(func=run_from_args)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point for `python -m harmonia.train.cli` (and torchrun)."""
+    parser = argparse.ArgumentParser(prog="harmonia pretrain", description=__doc__.split("\n")[0])
+    add_arguments(parser)
+    return run_from_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -76,10 +76,11 @@ class RunConfig:
 
 
 @dataclass
-class PretrainConfig:
+class TrainConfig:
+    """What every training config has: the Trainer reads name, data, optim and run. Subclasses add
+    their own sections (dataclasses) and extend `validate`."""
+
     name: str = "custom"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
@@ -88,34 +89,18 @@ class PretrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PretrainConfig:
+    def from_dict(cls, d: dict[str, Any]):
         cfg = cls()
-        for key, value in _flatten(d):
+        for key, value in _flatten(d, _sections(cfg)):
             set_value(cfg, key, value)
         cfg.validate()
         return cfg
 
-    # ---------------------------------------------------------------------------------------------
     def validate(self, check_data: bool = True) -> None:
-        """Raise ConfigError for a configuration that cannot train."""
+        """Raise ConfigError for data, optimiser or run settings that cannot train."""
         from harmonia.data.mixture import MixtureError, parse_ratio
-        from harmonia.models.beats import BeatsConfig
 
-        m, t, d, o, r = self.model, self.tokenizer, self.data, self.optim, self.run
-        _need(m.task in ("mlm", "vqkd"), "model.task", m.task, "mlm or vqkd")
-        _need(0.0 < m.mask_ratio < 1.0, "model.mask_ratio", m.mask_ratio, "a fraction in (0, 1), e.g. 0.75")
-        _need(0.0 <= m.label_smoothing < 1.0, "model.label_smoothing", m.label_smoothing, "a value in [0, 1)")
-        _need(t.kind in ("random", "checkpoint", "teacher"), "tokenizer.kind", t.kind, "random, checkpoint or teacher")
-        if t.kind == "checkpoint" or m.task == "vqkd":
-            _need(bool(t.path), "tokenizer.path", t.path, "a tokenizer / teacher checkpoint path")
-        fields = {f.name for f in dataclasses.fields(BeatsConfig)} - {"extra"}
-        unknown = sorted(set(m.encoder) - fields)
-        if unknown:
-            raise ConfigError(f"model.encoder has unknown keys {unknown}; BeatsConfig keys are {sorted(fields)}")
-        try:
-            BeatsConfig(**m.encoder)
-        except (TypeError, ValueError) as e:
-            raise ConfigError(f"model.encoder: {e}") from e
+        d, o, r = self.data, self.optim, self.run
         _need(d.batch_size >= 1, "data.batch_size", d.batch_size, "an integer >= 1")
         _need(o.lr > 0, "optim.lr", o.lr, "a positive learning rate")
         _need(o.grad_accum >= 1, "optim.grad_accum", o.grad_accum, "an integer >= 1")
@@ -143,16 +128,53 @@ class PretrainConfig:
                 raise ConfigError(f"data: {e}") from e
 
 
+@dataclass
+class PretrainConfig(TrainConfig):
+    model: ModelConfig = field(default_factory=ModelConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+
+    def validate(self, check_data: bool = True) -> None:
+        """Raise ConfigError for a configuration that cannot train."""
+        from harmonia.models.beats import BeatsConfig
+
+        m, t = self.model, self.tokenizer
+        _need(m.task in ("mlm", "vqkd"), "model.task", m.task, "mlm or vqkd")
+        _need(0.0 < m.mask_ratio < 1.0, "model.mask_ratio", m.mask_ratio, "a fraction in (0, 1), e.g. 0.75")
+        _need(0.0 <= m.label_smoothing < 1.0, "model.label_smoothing", m.label_smoothing, "a value in [0, 1)")
+        _need(t.kind in ("random", "checkpoint", "teacher"), "tokenizer.kind", t.kind, "random, checkpoint or teacher")
+        if t.kind == "checkpoint" or m.task == "vqkd":
+            _need(bool(t.path), "tokenizer.path", t.path, "a tokenizer / teacher checkpoint path")
+        build_architecture(BeatsConfig, m.encoder, "model.encoder")
+        super().validate(check_data)
+
+
+def build_architecture(cls: type, values: dict[str, Any], key: str):
+    """`cls(**values)` for an architecture dataclass, or one ConfigError naming `key` (unknown
+    fields listed with the accepted ones, or the value the class refuses)."""
+    fields = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"{key} has unknown keys {unknown}; {cls.__name__} keys are {sorted(fields)}")
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{key}: {e}") from e
+
+
 def _need(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r}: expected {expected}")
 
 
-def _flatten(d: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+def _sections(cfg: TrainConfig) -> set[str]:
+    return {f.name for f in dataclasses.fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))}
+
+
+def _flatten(d: dict[str, Any], sections: set[str], prefix: str = "") -> list[tuple[str, Any]]:
     out = []
     for k, v in d.items():
-        if isinstance(v, dict) and k in ("model", "tokenizer", "data", "optim", "run"):
-            out += _flatten(v, f"{prefix}{k}.")
+        if isinstance(v, dict) and k in sections:
+            out += _flatten(v, sections, f"{prefix}{k}.")
         else:
             out.append((f"{prefix}{k}", v))
     return out
@@ -195,7 +217,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     return value
 
 
-def set_value(cfg: PretrainConfig, key: str, value: Any) -> None:
+def set_value(cfg: TrainConfig, key: str, value: Any) -> None:
     """Set `section.key` (or `model.encoder.<BeatsConfig key>`) with type checking."""
     parts = key.split(".")
     if parts == ["name"]:
@@ -225,7 +247,7 @@ def set_value(cfg: PretrainConfig, key: str, value: Any) -> None:
     setattr(section, name, _coerce(value, hints[name], key))
 
 
-def apply_overrides(cfg: PretrainConfig, overrides: list[str]) -> PretrainConfig:
+def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:
     """Apply `key=value` strings (values parsed as JSON when possible)."""
     for item in overrides:
         key, sep, value = item.partition("=")

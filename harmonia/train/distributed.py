@@ -1,5 +1,9 @@
-"""Process-group setup and model wrapping (DDP, or FSDP2 `fully_shard` per transformer layer for
-the large model). Works with torchrun (env://) and with a single plain process."""
+"""Process-group setup and model wrapping (DDP, or FSDP2 `fully_shard` per transformer block for
+the large model). Works with torchrun (env://) and with a single plain process.
+
+On GPU the process group is "cpu:gloo,cuda:nccl": NCCL reduces CUDA tensors, gloo the CPU ones
+(`all_gather_object` payloads, anything a caller keeps on the CPU), so no collective can fail for
+living on the wrong device. The training loop still reduces its statistics on the training device."""
 
 from __future__ import annotations
 
@@ -24,8 +28,15 @@ class DistInfo:
         return self.rank == 0
 
 
+def backend_for(device: torch.device) -> str:
+    """The process-group backend for a training device: every collective works on CPU tensors too."""
+    return "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
+
+
 def init_distributed() -> DistInfo:
-    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on GPU, gloo on CPU)."""
+    """Join the torchrun process group (also with one process under torchrun, so that a 1-rank run
+    exercises the same collectives as an N-rank one); a plain process without torchrun's environment
+    runs without one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
@@ -34,20 +45,26 @@ def init_distributed() -> DistInfo:
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    launched = world > 1 or "TORCHELASTIC_RUN_ID" in os.environ
+    if launched and not dist.is_initialized():
+        dist.init_process_group(backend_for(device))
     return DistInfo(rank, world, local, device)
 
 
-def wrap_model(model: nn.Module, info: DistInfo, parallel: str) -> nn.Module:
-    """DDP (buffers not broadcast: the VQ codebook is updated identically on every rank) or FSDP2."""
+def wrap_model(model: nn.Module, info: DistInfo, parallel: str, fsdp_units: tuple[type[nn.Module], ...] = ()
+               ) -> nn.Module:
+    """DDP (buffers not broadcast: the VQ codebook is updated identically on every rank) or FSDP2,
+    sharding every module that is an instance of one of `fsdp_units` (the transformer blocks) on its
+    own, then the rest of the model as one unit."""
     if info.world_size == 1:
         return model
     if parallel == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        if not fsdp_units:
+            raise ValueError("parallel=fsdp needs the block classes to shard (fsdp_units), e.g. (TransformerLayer,)")
         for module in model.modules():
-            if type(module).__name__ == "TransformerLayer":
+            if isinstance(module, fsdp_units):
                 fully_shard(module)
         return fully_shard(model)
     with warnings.catch_warnings():  # torch 2.13 deprecates the flag but advises keeping it for this use
@@ -70,8 +87,17 @@ def gather_objects(obj) -> list:
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` over ranks in place. Keep `t` on the training device: NCCL reduces CUDA tensors only."""
     if dist.is_initialized():
         dist.all_reduce(t)
+    return t
+
+
+def all_reduce_mean(t: torch.Tensor) -> torch.Tensor:
+    """Average `t` over ranks in place (on its device)."""
+    if dist.is_initialized():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
     return t
 
 

@@ -20,11 +20,16 @@ def _batch():
     return wav, lengths
 
 
-def test_loss_counts_only_masked_valid_patches_and_ignores_padding():
+def _calibrated_model() -> tuple[DashengMAE, torch.Tensor, torch.Tensor]:
     torch.manual_seed(0)
     model = DashengMAE(CFG, decoder_dim=32, decoder_depth=1, decoder_heads=4)
     wav, lengths = _batch()
     model.set_mel_statistics(wav)
+    return model, wav, lengths
+
+
+def test_loss_counts_only_masked_valid_patches_and_ignores_padding():
+    model, wav, lengths = _calibrated_model()
     loss, stats = model(wav, lengths, torch.Generator().manual_seed(1))
     tokens = (1 + lengths // 160) // 4  # 50 and 31 valid patches
     kept = torch.round(tokens.double() * 0.25).long()  # MAE keeps a quarter
@@ -51,3 +56,14 @@ def test_training_steps_reduce_the_reconstruction_loss():
         opt.step()
         losses.append(loss.item())
     assert sum(losses[-5:]) / 5 < 0.7 * sum(losses[:5]) / 5
+
+
+def test_forward_and_backward_under_bf16_autocast():
+    """The mask tokens take the decoder's dtype (bf16 under autocast on GPU; CPU autocast here)."""
+    model, wav, lengths = _calibrated_model()
+    ref, _ = model(wav, lengths, torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, stats = model(wav, lengths, torch.Generator().manual_seed(1))
+    loss.backward()
+    assert torch.isfinite(loss) and abs(loss.item() - ref.item()) < 0.05 * ref.item()
+    assert model.decoder_embed.weight.grad is not None and torch.isfinite(model.decoder_embed.weight.grad).all()
