@@ -145,8 +145,10 @@ def random_beats(out: Path, seed: int) -> Path:
 
 # -- 7. distillation (beyond the paper) ------------------------------------------------------------------
 
-#: the student: a Dasheng-architecture encoder (25 Hz tokens), about 1/4 of the ensemble's encode time
-DISTILL_STUDENT = dict(embed_dim=128, depth=3, num_heads=4)
+#: the student: a Dasheng-architecture encoder (25 Hz tokens), about 1/4 of the ensemble's encode time.
+#: Quick demo, 400 steps, student / ensemble weighted MLP: seed 0 0.423 / 0.470, seed 1 0.345 / 0.382
+#: (a 128-dim student: 0.441 and 0.318, i.e. 94 % and 83 %): the 90 % target is met only just.
+DISTILL_STUDENT = dict(embed_dim=160, depth=3, num_heads=4)
 DISTILL_STEPS = {"quick": 400, "full": 1000}
 #: the teacher as the student sees it: the BEATs members' targets per 160 ms row (8 frequency patches
 #: concatenated) rather than the flat token sequence, whose neighbouring "frames" are frequency bands
@@ -180,8 +182,8 @@ def distill_student(shards: Path, models: dict, members: list[str], out: Path, s
     cfg.run.out_dir, cfg.run.max_steps, cfg.run.seed = str(out / "run"), steps, seed
     cfg.run.ckpt_every, cfg.run.keep_last, cfg.run.progress, cfg.run.log_every = steps, 1, False, 10
     record = distill(cfg, export=export)
-    _log(f"  student: final loss {record['loss']:.3f}, cosine to each member "
-         f"{', '.join(f'{c:.2f}' for c in record['cosine'])}")
+    cosines = [record[f"cos_{m}"] for m in range(len(members))]
+    _log(f"  student: final loss {record['loss']:.3f}, cosine to each member {', '.join(f'{c:.2f}' for c in cosines)}")
     return export
 
 

@@ -1,9 +1,10 @@
 """Distillation: one student encoder learns to predict a teacher (any encoder or ensemble that
 `harmonia.load_encoder` accepts) on the pre-training data pools, mixtures and shards.
 
-Reads top to bottom: config → student → heads and loss → the loop (setup → resume → data → teacher
-targets, on the fly or from a cache → steps with accumulation, clipping, bf16 autocast on GPU → logs
-→ atomic checkpoints) → export (heads dropped: a normal harmonia checkpoint).
+Reads top to bottom: config → student → heads and loss → teacher (on the fly, or a cache written once)
+→ `DistillTask`, which the shared pre-training Trainer (`harmonia.train.trainer`) runs: DDP / FSDP2,
+gradient accumulation, clipping, bf16 autocast on GPU, logs, atomic checkpoints, exact resume → export
+(heads dropped: a normal harmonia checkpoint).
 
 Targets are frame-level. Each teacher member m (an ensemble's members, or the teacher itself) gets
 one linear head on a chosen student layer; the member's frames are resampled along time to the
@@ -22,28 +23,25 @@ Run: `harmonia distill RECIPE --set key=value ... [--export DIR]`, or several pr
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import dataclasses
 import json
-import math
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from harmonia.encoder import AudioEncoder, EncoderOutput, tune_allocator
+from harmonia.encoder import AudioEncoder, EncoderOutput
 from harmonia.ensemble import ALIGN_MODES, align_frames
-from harmonia.train.config import ConfigError, DataConfig, OptimConfig, PretrainConfig, RunConfig, _need
+from harmonia.models.beats import TransformerLayer
+from harmonia.models.dasheng import Block
+from harmonia.train.config import ConfigError, RunConfig, TrainConfig, _need
 from harmonia.train.teacher_cache import CachedTargets, MemberSpec, Targets, Teacher
+from harmonia.train.trainer import Task
 
-CHECKPOINT_VERSION = 1
 FAMILIES = ("beats", "dasheng")
 
 
@@ -77,17 +75,13 @@ class LossConfig:
 
 
 @dataclass
-class DistillConfig:
-    name: str = "custom"
+class DistillConfig(TrainConfig):
+    """data, optim and run as for pre-training (`TrainConfig`), plus student, teacher and distill."""
+
     student: StudentConfig = field(default_factory=StudentConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)
     distill: LossConfig = field(default_factory=LossConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=lambda: RunConfig(out_dir="runs/distill"))
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
     def layer_pairs(self) -> list[tuple[int, int, int]]:
         """`distill.layer_targets` parsed: [(student state, member index, member state)]."""
@@ -117,7 +111,7 @@ class DistillConfig:
             _need(self.data.crop_seconds == 0, "data.crop_seconds", self.data.crop_seconds,
                   "0 with a teacher cache (cached targets cover whole segments; cut the shards to the "
                   "length you train on instead, or set teacher.cache= to compute targets on the fly)")
-        PretrainConfig(data=self.data, optim=self.optim, run=self.run).validate(check_data)
+        super().validate(check_data)
 
 
 def student_config(s: StudentConfig):
@@ -326,7 +320,7 @@ def prepare_cache(cfg: DistillConfig, teacher: Teacher, streams: list[str], info
 
 
 # -------------------------------------------------------------------------------------------------
-# the loop
+# the loop: a Task of the shared Trainer
 
 
 def export_student(model: DistillModel, out_dir: str | Path) -> Path:
@@ -337,175 +331,94 @@ def export_student(model: DistillModel, out_dir: str | Path) -> Path:
     return save_harmonia(copy.deepcopy(model.student).cpu().float(), out_dir)
 
 
-def distill(cfg: DistillConfig, export: str | Path | None = None, cache_only: bool = False) -> dict:
-    """Train (or resume) per `cfg`; returns the last logged record. Multi-process under torchrun."""
-    from harmonia.data.loader import build_loader, stream_hours
-    from harmonia.data.mixture import RATIO_ORDER, plan_mixture
-    from harmonia.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-    from harmonia.train.distributed import (
-        all_reduce_sum,
-        barrier,
-        gather_objects,
-        init_distributed,
-        unwrap,
-        wrap_model,
-    )
-    from harmonia.train.optim import build_optimizer, build_scheduler
-    from harmonia.train.pretrain import _full_state, _load_optimizer
+class DistillTask(Task):
+    """Distillation for the Trainer (`harmonia.train.trainer`): the student and its heads are trained
+    and checkpointed; the teacher (or its cache) is a frozen helper built once, on the first
+    `build_model` (every rank, inside the process group: the cache is written there)."""
 
-    # -- setup ------------------------------------------------------------------------------------
+    name = "distill"
+    # Cannot change mid-run: the student's architecture, what the targets are, and the data stream's
+    # identity. teacher.cache may move (its fingerprint is checked whenever it is opened).
+    frozen = ("student", "teacher.source", "teacher.options", "distill", "data.batch_size", "data.seed",
+              "data.num_workers", "run.seed")
+
+    fsdp_units = (TransformerLayer, Block)  # BEATs layers, Dasheng blocks: FSDP2 shards each one
+
+    def __init__(self, cfg: DistillConfig) -> None:
+        self.cfg = cfg
+        self.teacher: Teacher | None = None
+        self.cached: CachedTargets | None = None
+        self.specs: list[MemberSpec] | None = None
+
+    def prepare_targets(self, device: torch.device, student: AudioEncoder, cache_only: bool = False) -> dict:
+        """Load the teacher (refusing a sampling-rate mismatch); with teacher.cache, make sure the
+        cache is complete (fingerprint checked, missing shards written, split over ranks) and read
+        targets from it instead. Collective under torchrun."""
+        from harmonia.data.loader import stream_hours
+        from harmonia.data.mixture import plan_mixture
+        from harmonia.train.distributed import init_distributed
+
+        cfg, d = self.cfg, self.cfg.data
+        info = init_distributed()
+        teacher = load_teacher(cfg, device, student)
+        streams = sorted(n for n, v in plan_mixture(stream_hours(d.shards), d.ratio, d.corpus_weights).target.items()
+                         if v > 0)
+        if not cfg.teacher.cache:
+            if cache_only:
+                raise ConfigError("--cache-only needs a cache folder: --set teacher.cache=DIR")
+            self.teacher, self.specs = teacher, teacher.specs()
+            return {}
+        written = prepare_cache(cfg, teacher, streams, info, cfg.run.progress and info.is_main)
+        if not cache_only:
+            self.cached = CachedTargets(cfg.teacher.cache, d.shards, streams, len(teacher.members), teacher.layers)
+            self.specs = self.cached.specs(teacher.names)
+        return {"cache": cfg.teacher.cache, "streams": streams, "shards_written": written}
+
+    def build_model(self, device: torch.device) -> DistillModel:
+        student = build_student(self.cfg.student)
+        if self.specs is None:  # the first call (every rank); an FSDP export builds the model again
+            self.prepare_targets(device, student)
+        if not self.cfg.student.init:
+            set_input_statistics(student, self.cfg.data)  # a resume loads the checkpoint's over it
+        d = self.cfg.distill
+        return DistillModel(student, self.specs, d.head_layer, self.cfg.layer_pairs(), d.align, d.l1_weight,
+                            d.cos_weight)
+
+    def build_optimizer(self, model: nn.Module) -> torch.optim.Optimizer:
+        from harmonia.train.optim import build_optimizer
+
+        return build_optimizer(model, self.cfg.optim)
+
+    def forward(self, model: nn.Module, batch: dict, device: torch.device, autocast) -> tuple[Tensor, dict]:
+        wav_BN, lengths_B = batch["wav"].to(device), batch["lengths"]
+        with torch.no_grad(), autocast:
+            targets = (self.cached.targets(batch["keys"], device) if self.cached is not None
+                       else self.teacher.targets(wav_BN, lengths_B))
+        with autocast:
+            loss, stats = model(wav_BN, lengths_B, targets)
+        return loss, {**stats, "micro_batches": 1}
+
+    def metrics(self, sums: dict[str, float]) -> dict[str, float]:
+        """Mean cosine similarity of each target (member heads, then layer targets) to its prediction."""
+        return {k: sums[k] / sums["micro_batches"] for k in sums if k.startswith("cos_")}
+
+    def export(self, model: nn.Module, out: Path) -> Path:
+        return export_student(model, out)
+
+
+def distill(cfg: DistillConfig, export: str | Path | None = None, cache_only: bool = False,
+            override_resume_config: bool = False) -> dict:
+    """Train (or resume) per `cfg`; returns the last logged record. Multi-process under torchrun.
+    `cache_only`: write the teacher cache (teacher.cache) for the mixture's shards and stop."""
+    from harmonia.train.distributed import init_distributed
+    from harmonia.train.trainer import Trainer
+
     cfg.validate()
-    tune_allocator()
-    info = init_distributed()
-    run, out, d = cfg.run, Path(cfg.run.out_dir), cfg.data
-    use_bf16 = run.precision == "bf16" or (run.precision == "auto" and info.device.type == "cuda")
-    autocast = torch.autocast(info.device.type, dtype=torch.bfloat16) if use_bf16 else contextlib.nullcontext()
-    torch.manual_seed(run.seed)  # identical initial weights on every rank
-
-    # -- student (first: identical initial weights on every rank), teacher --------------------------
-    student = build_student(cfg.student)
-    teacher = load_teacher(cfg, info.device, student)
-    streams = sorted(n for n, v in plan_mixture(stream_hours(d.shards), d.ratio, d.corpus_weights).target.items() if v > 0)
-    cached = None
-    if cfg.teacher.cache:  # written once (fingerprint-checked, resumable), then read instead of the teacher
-        written = prepare_cache(cfg, teacher, streams, info, run.progress and info.is_main)
-        if cache_only:
-            return {"cache": cfg.teacher.cache, "streams": streams, "shards_written": written}
-        cached = CachedTargets(cfg.teacher.cache, d.shards, streams, len(teacher.members), teacher.layers)
-        specs = cached.specs(teacher.names)
-        teacher = None  # free its memory
-    elif cache_only:
-        raise ConfigError("--cache-only needs a cache folder: --set teacher.cache=DIR")
-    else:
-        specs = teacher.specs()
-
-    # -- resume -----------------------------------------------------------------------------------
-    ckpt_path = latest_checkpoint(out)
-    ckpt = load_checkpoint(ckpt_path) if ckpt_path else None
-    if ckpt is not None and ckpt["world_size"] != info.world_size:
-        raise ConfigError(f"{ckpt_path}: written by {ckpt['world_size']} processes, resumed with "
-                          f"{info.world_size}; resume with the same number (the data position is per rank)")
-
-    # -- data -------------------------------------------------------------------------------------
-    loader = build_loader(d.shards, d.ratio, d.batch_size, d.seed, info.rank, info.world_size, d.num_workers,
-                          d.corpus_weights, state=ckpt["data"][info.rank] if ckpt else None,
-                          crop_seconds=d.crop_seconds)
-    it = iter(loader)
-
-    # -- heads, optimiser ---------------------------------------------------------------------------
-    model = DistillModel(student, specs, cfg.distill.head_layer, cfg.layer_pairs(), cfg.distill.align,
-                         cfg.distill.l1_weight, cfg.distill.cos_weight)
-    if ckpt is not None:
-        model.load_state_dict(ckpt["model"])
-    elif not cfg.student.init:
-        set_input_statistics(student, cfg.data)
-    model.to(info.device)
-    model_w = wrap_model(model, info, run.parallel)
-    optimizer = build_optimizer(model_w, cfg.optim)
-    scheduler = build_scheduler(optimizer, cfg.optim, run.max_steps)
-    torch.manual_seed(run.seed * 104729 + info.rank)
-    step = 0
-    if ckpt is not None:
-        _load_optimizer(model_w, optimizer, ckpt["optimizer"], run.parallel)
-        scheduler.load_state_dict(ckpt["scheduler"])
-        rng = ckpt["rng"][info.rank]
-        torch.set_rng_state(rng["torch"])
-        if info.device.type == "cuda" and rng.get("cuda") is not None:
-            torch.cuda.set_rng_state(rng["cuda"])
-        step = int(ckpt["step"])
-
-    # -- logging ----------------------------------------------------------------------------------
-    log_file = None
-    if info.is_main:
-        from harmonia.io import write_json_atomic
-
-        out.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(out / "config.json", cfg.to_dict(), indent=1)
-        log_file = open(out / "log.jsonl", "a")  # noqa: SIM115 - closed at the end
-        log_file.write(json.dumps({"event": "resume" if ckpt else "start", "step": step, "world_size": info.world_size,
-                                   "members": [m.name for m in specs], "cached": bool(cached)}) + "\n")
-    bar = None
-    if info.is_main and run.progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=run.max_steps, initial=step, desc=cfg.name, unit="step", dynamic_ncols=True)
-
-    # -- steps ------------------------------------------------------------------------------------
-    record: dict = {}
-    accum = cfg.optim.grad_accum
-    n_targets = len(model.heads) + len(model.layer_heads)
-    model_w.train()
-    while step < run.max_steps:
-        t0 = time.perf_counter()
-        sums = torch.zeros(2 + n_targets, dtype=torch.float64)  # loss, clips, cosine per target
-        for micro in range(accum):
-            batch = next(it)
-            wav_BN, lengths_B = batch["wav"].to(info.device), batch["lengths"]
-            with torch.no_grad(), autocast:
-                targets = (cached.targets(batch["keys"], info.device) if cached is not None
-                           else teacher.targets(wav_BN, lengths_B))
-            sync = (model_w.no_sync() if micro < accum - 1 and isinstance(model_w, nn.parallel.DistributedDataParallel)
-                    else contextlib.nullcontext())
-            with sync:
-                with autocast:
-                    loss, stats = model_w(wav_BN, lengths_B, targets)
-                (loss / accum).backward()
-            sums += torch.tensor([loss.item(), wav_BN.shape[0]] + [stats[f"cos_{i}"] for i in range(n_targets)],
-                                 dtype=torch.float64)
-        grad_norm = torch.nn.utils.clip_grad_norm_(model_w.parameters(), cfg.optim.clip_norm)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-
-        # -- log ----------------------------------------------------------------------------------
-        hours = torch.tensor([loader.domain_hours().get(dn, 0.0) for dn in RATIO_ORDER], dtype=torch.float64)
-        all_reduce_sum(sums)
-        all_reduce_sum(hours)
-        dt = time.perf_counter() - t0
-        n = accum * info.world_size
-        record = {"step": step, "loss": sums[0].item() / n,
-                  "cosine": [round(c / n, 6) for c in sums[2:].tolist()], "lr": scheduler.get_last_lr()[0],
-                  "grad_norm": float(grad_norm), "clips_per_s": sums[1].item() / dt,
-                  "hours": {dn: round(h, 6) for dn, h in zip(RATIO_ORDER, hours.tolist())}}
-        if not math.isfinite(record["loss"]):
-            raise FloatingPointError(f"step {step}: loss is {record['loss']}; lower optim.lr or check the data")
-        if log_file and (step % run.log_every == 0 or step == run.max_steps):
-            log_file.write(json.dumps(record) + "\n")
-            log_file.flush()
-        if bar is not None:
-            bar.update()
-            bar.set_postfix(loss=f"{record['loss']:.3f}", cos=f"{sum(record['cosine']) / n_targets:.3f}")
-
-        # -- checkpoint ---------------------------------------------------------------------------
-        if step % run.ckpt_every == 0 or step == run.max_steps:
-            model_state, optim_state = _full_state(model_w, optimizer, run.parallel)
-            rng = {"torch": torch.get_rng_state(),
-                   "cuda": torch.cuda.get_rng_state() if info.device.type == "cuda" else None}
-            data_states, rng_states = gather_objects(loader.state_dict()), gather_objects(rng)
-            if info.is_main:
-                save_checkpoint({"version": CHECKPOINT_VERSION, "step": step, "config": cfg.to_dict(),
-                                 "world_size": info.world_size, "model": model_state, "optimizer": optim_state,
-                                 "scheduler": scheduler.state_dict(), "data": data_states, "rng": rng_states},
-                                out, step, run.keep_last)
-            barrier()
-
-    # -- export -----------------------------------------------------------------------------------
-    if bar is not None:
-        bar.close()
-    if export is not None:
-        if run.parallel == "fsdp" and dist.is_initialized():
-            state, _ = _full_state(model_w, optimizer, run.parallel)  # collective; full only on rank 0
-            if info.is_main:
-                model = DistillModel(build_student(cfg.student), specs, cfg.distill.head_layer, cfg.layer_pairs(),
-                                     cfg.distill.align, cfg.distill.l1_weight, cfg.distill.cos_weight)
-                model.load_state_dict(state)
-        if info.is_main:
-            export_student(unwrap(model), export)
-        barrier()
-    if log_file:
-        log_file.close()
-    return record
+    task = DistillTask(cfg)
+    if cache_only:
+        torch.manual_seed(cfg.run.seed)
+        return task.prepare_targets(init_distributed().device, build_student(cfg.student), cache_only=True)
+    return Trainer(task, cfg, override_resume_config).fit(export=export)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -521,6 +434,9 @@ def add_arguments(p) -> None:
     p.add_argument("--cache-only", action="store_true",
                    help="only write the teacher cache (teacher.cache) for the mixture's shards, then stop")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--override-resume-config", action="store_true",
+                   help="resume even though --set changed settings (lr, schedule, mixture...; the student, the "
+                        "teacher and the targets are still refused) and record them in run.out_dir")
 
 
 def run_from_args(args) -> int:
@@ -542,12 +458,13 @@ def run_from_args(args) -> int:
         if args.print_config:
             print(json.dumps(cfg.to_dict(), indent=1))
             return 0
-        record = distill(cfg, export=args.export, cache_only=args.cache_only)
+        record = distill(cfg, export=args.export, cache_only=args.cache_only,
+                         override_resume_config=args.override_resume_config)
     except ConfigError as e:
         print(f"configuration error: {e}", file=sys.stderr)
         return 2
-    except CheckpointError as e:  # a teacher cache of another teacher, or an incomplete one
-        print(f"teacher cache error: {e}", file=sys.stderr)
+    except CheckpointError as e:  # a teacher cache of another teacher; no intact checkpoint to resume
+        print(f"error: {e}", file=sys.stderr)
         return 2
     if os.environ.get("RANK", "0") == "0":
         print(json.dumps(record))
