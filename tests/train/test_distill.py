@@ -186,3 +186,13 @@ def test_layer_target_outside_the_teacher_is_a_config_error(tiny_shards, tmp_pat
     cfg = tiny_distill_config(tiny_shards, tmp_path / "run", **{"distill.layer_targets": f'["{pair}"]'})
     with pytest.raises(ConfigError, match=match):
         distill(cfg)
+
+
+def test_resume_with_another_teacher_is_refused(tiny_shards, tmp_path):
+    """A run's checkpoint is tied to its teacher and targets: resuming with another is an error."""
+    distill(tiny_distill_config(tiny_shards, tmp_path / "run", **{"run.max_steps": 2}))
+    other = f"{FIX / 'beats' / 'openbeats_small_ssl.pt'}+{FIX / 'dasheng' / 'model_a.pt'}"
+    with pytest.raises(ConfigError, match="teacher.source"):
+        distill(tiny_distill_config(tiny_shards, tmp_path / "run", **{"run.max_steps": 4, "teacher.source": other}))
+    record = distill(tiny_distill_config(tiny_shards, tmp_path / "run", **{"run.max_steps": 4}))
+    assert record["step"] == 4
