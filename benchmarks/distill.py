@@ -20,25 +20,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-
-def interleaved_seconds(encoders: dict, wav_BN: torch.Tensor, rounds: int) -> dict[str, float]:
-    """Median wall time of `encode` per encoder over `rounds` interleaved rounds (after a warm-up)."""
-    times: dict[str, list[float]] = {n: [] for n in encoders}
-    for enc in encoders.values():
-        enc.encode(wav_BN[:1, :16000])
-    for _ in range(rounds):
-        for name, enc in encoders.items():
-            t0 = time.perf_counter()
-            enc.encode(wav_BN)
-            times[name].append(time.perf_counter() - t0)
-    return {n: statistics.median(v) for n, v in times.items()}
 
 
 def main() -> None:
@@ -83,7 +68,7 @@ def main() -> None:
                                                               demo.DOMAINS[i % 3], 10.0) for i in range(8)]))
         encoders = {"ensemble": demo._evaluate_encoder("ensemble", models, members)}
         encoders.update({n: load_encoder(models[n]) for n in ["student", *variants]})
-        secs = interleaved_seconds(encoders, wav, args.rounds)
+        secs = demo.encode_seconds(encoders, wav, args.rounds)
         for name in ["student", *variants]:
             share, cost = scores[name] / scores["ensemble"], secs[name] / secs["ensemble"]
             rows.append({"seed": seed, "student": name, "params_M": round(sum(p.numel() for p in encoders[name]
