@@ -137,7 +137,7 @@ def test_demo_quick_end_to_end(tmp_path):
                           capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (out / "report" / "report.md").read_text()
-    models = ["beats-speech-heavy", "beats-balanced", "dasheng-mae", "ensemble", "random-init"]
+    models = ["beats-speech-heavy", "beats-balanced", "dasheng-mae", "ensemble", "random-init", "student"]
     for name in models:
         assert f"{name} (clean)" in report
         res = json.loads((out / "results" / name / "results.json").read_text())
@@ -145,9 +145,16 @@ def test_demo_quick_end_to_end(tmp_path):
         assert all(0.0 <= e["mlp"]["mean"] <= 1.0 for e in res["tasks"].values())
     assert (out / "report" / "report.png").stat().st_size > 10_000
     assert "width-matched (clean)" in report
-    effects = report.split("Do the paper's effects appear?")[1].strip().splitlines()
+    effects = report.split("Do the paper's effects appear?")[1].split("## Beyond the paper")[0].strip().splitlines()
     assert len(effects) == 5
     assert all(line.startswith(("- HOLDS:", "- DOES NOT HOLD:", "- WITHIN SEED NOISE:")) for line in effects)
+    # the distilled student: its share of the ensemble's score and its measured encode cost are stated
+    student = report.split("Beyond the paper")[1].strip().splitlines()[1:]
+    assert len(student) == 2 and all(line.startswith(("- HOLDS:", "- DOES NOT HOLD:")) for line in student)
+    assert "of the ensemble's weighted MLP score" in student[0] and "of the ensemble's time" in student[1]
+    distill_log = [json.loads(x) for x in (out / "models" / "student" / "run" / "log.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in distill_log if "loss" in r]
+    assert losses[-1] < 0.8 * losses[0]
     # the real pre-training loop learned: masked-patch accuracy far above chance (1/64)
     for run in ("beats_speech_heavy", "beats_balanced"):
         last = json.loads((out / "models" / run / "run" / "log.jsonl").read_text().splitlines()[-1])

@@ -147,7 +147,7 @@ def collate_wavs(wavs: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class MixtureDataset(IterableDataset):
-    """Yields whole batches {wav (B,N), lengths (B,), streams [B], seconds [B], _worker, _state}.
+    """Yields whole batches {wav (B,N), lengths (B,), streams [B], seconds [B], keys [B], _worker, _state}.
     `crop_seconds` > 0 takes a seeded random crop of longer segments (realised hours count the crop)."""
 
     def __init__(self, shard_dir: str | Path, target: Mapping[str, float], batch_size: int, seed: int = 0,
@@ -180,10 +180,10 @@ class MixtureDataset(IterableDataset):
                 streams[name].load_state_dict(st)
         batches = state.get("batches", 0) if state is not None else 0
         while True:
-            wavs, names, secs = [], [], []
+            wavs, names, secs, keys = [], [], [], []
             for i in range(self.batch_size):
                 name = sched.next_stream()
-                _, wav, meta = streams[name].next()
+                key, wav, meta = streams[name].next()
                 if self.crop_samples and len(wav) > self.crop_samples:
                     # random crop, drawn from (seed, split, batch, item) alone: no RNG state to carry
                     rng = np.random.default_rng([self.seed, split, batches, i, 2])
@@ -194,9 +194,10 @@ class MixtureDataset(IterableDataset):
                 wavs.append(wav)
                 names.append(name)
                 secs.append(sec)
+                keys.append(key)
             wav_BN, lengths_B = collate_wavs(wavs)
             batches += 1
-            yield {"wav": wav_BN, "lengths": lengths_B, "streams": names, "seconds": secs, "_worker": worker,
+            yield {"wav": wav_BN, "lengths": lengths_B, "streams": names, "seconds": secs, "keys": keys, "_worker": worker,
                    "_state": {"batches": batches, "scheduler": sched.state_dict(),
                               "streams": {n: s.state_dict() for n, s in streams.items()}}}
 

@@ -1,4 +1,5 @@
-"""Runs as Python functions: `harmonia.recipes.pretrain` holds the pre-training recipes."""
+"""Runs as Python functions: `harmonia.recipes.pretrain` holds the pre-training recipes,
+`harmonia.recipes.distill` the distillation recipes."""
 
 from harmonia.recipes.pretrain import RECIPES as PRETRAIN_RECIPES
 
