@@ -149,7 +149,7 @@ def test_demo_quick_end_to_end(tmp_path):
     assert len(effects) == 5
     assert all(line.startswith(("- HOLDS:", "- DOES NOT HOLD:", "- WITHIN SEED NOISE:")) for line in effects)
     # the distilled student: its share of the ensemble's score and its measured encode cost are stated
-    student = report.split("Beyond the paper")[1].strip().splitlines()[1:]
+    student = [x for x in report.split("Beyond the paper")[1].splitlines()[1:] if x.strip()]
     assert len(student) == 2 and all(line.startswith(("- HOLDS:", "- DOES NOT HOLD:")) for line in student)
     assert "of the ensemble's weighted MLP score" in student[0] and "of the ensemble's time" in student[1]
     distill_log = [json.loads(x) for x in (out / "models" / "student" / "run" / "log.jsonl").read_text().splitlines()]
