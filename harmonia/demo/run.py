@@ -178,7 +178,7 @@ def distill_student(shards: Path, models: dict, members: list[str], out: Path, s
                     teacher_options: dict | None = None) -> Path:
     """The demo ensemble (the same one step 4 builds) distilled into a student (`DISTILL_STUDENT` by
     default) with the real distillation loop; the teacher's targets are cached once (`out/teacher_cache`)."""
-    from harmonia.ensemble import write_linked_ensemble
+    from harmonia.hub import write_linked_ensemble
     from harmonia.recipes.distill import distill_tiny_debug
     from harmonia.train.distill import distill
 
