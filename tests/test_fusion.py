@@ -1,0 +1,196 @@
+"""Learned fusion: the stacked-states encoder, the two fusion modules against hand computations, and
+fusion trained inside the probe on the training split only."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+import harmonia
+from harmonia import EnsembleEncoder
+from harmonia.fusion import (
+    GatedFusion,
+    LayerWeightedFusion,
+    StackedStatesEncoder,
+    StateLayout,
+    describe,
+    make_fusion,
+    mean_description,
+    weights_chart,
+)
+
+FIX = Path(__file__).parent / "fixtures"
+BEATS = FIX / "beats" / "beats_ms_iter3_small.pt"
+DASHENG = FIX / "dasheng" / "model_a.pt"
+
+
+def layout2() -> StateLayout:
+    """Two members: 3 states of 4 features and 2 states of 2 features, after a 5-feature final block."""
+    return StateLayout(("a", "b"), (3, 2), (4, 2), final_dim=5)
+
+
+def stacked(final, a_states, b_states) -> torch.Tensor:
+    return torch.cat([final, *a_states, *b_states], dim=-1)
+
+
+@pytest.fixture(scope="module")
+def members():
+    return [harmonia.load_encoder(BEATS), harmonia.load_encoder(DASHENG)]
+
+
+@pytest.fixture(scope="module")
+def wav():
+    return torch.randn(2, 16000, generator=torch.Generator().manual_seed(0)) * 0.1
+
+
+# -------------------------------------------------------------------------------------------------
+# layout and the stacked-states encoder
+
+
+def test_layout_splits_members_state_by_state():
+    g = torch.Generator().manual_seed(1)
+    final, a, b = torch.randn(7, 5, generator=g), torch.randn(3, 7, 4, generator=g), torch.randn(2, 7, 2, generator=g)
+    x = stacked(final, a, b)
+    lay = layout2()
+    assert lay.total_dim == 5 + 12 + 4 == x.shape[-1]
+    assert torch.equal(lay.final(x), final)
+    sa, sb = lay.member_states(x)
+    assert sa.shape == (7, 3, 4) and sb.shape == (7, 2, 2)
+    assert torch.equal(sa[:, 1], a[1]) and torch.equal(sb[:, 0], b[0])
+    with pytest.raises(ValueError, match="expected 21 features"):
+        lay.member_states(x[:, :-1])
+
+
+def test_stacked_states_of_an_ensemble_are_its_aligned_hidden_states(members, wav):
+    ens = EnsembleEncoder(members, align="linear")
+    enc = StackedStatesEncoder(ens)
+    lengths = torch.tensor([16000, 9000])
+    ref = ens.encode(wav, lengths, output_hidden_states=True)
+    out = enc.encode(wav, lengths)
+    lay = enc.layout
+    assert lay.names == tuple(ens.names) and lay.final_dim == ens.output_dim
+    assert lay.num_states == tuple(len(m.encode(wav[:1], output_hidden_states=True).hidden_states) for m in members)
+    assert out.frames.shape == (2, ref.frames.shape[1], lay.total_dim) and enc.output_dim == lay.total_dim
+    assert torch.equal(out.lengths, ref.lengths) and enc.hop_size_in_ms == ens.hop_size_in_ms
+    assert torch.equal(lay.final(out.frames), ref.frames)
+    sa, sd = lay.member_states(out.frames)
+    n_a = lay.num_states[0]
+    assert torch.equal(sa[:, :, 2], ref.hidden_states[2])  # member 0, state 2
+    assert torch.equal(sd[:, :, 1], ref.hidden_states[n_a + 1])  # member 1 (aligned to the BEATs grid), state 1
+
+
+def test_stacked_states_fingerprint_differs_from_the_final_frames(members):
+    from harmonia.eval.embed import encoder_fingerprint
+
+    plain, wrapped = encoder_fingerprint(members[0]), encoder_fingerprint(StackedStatesEncoder(members[0]))
+    assert wrapped["class"] != plain["class"] and wrapped["output_dim"] > plain["output_dim"]
+    assert wrapped["config"]["stored"] == "final+all-hidden-states"
+    assert wrapped["config"]["inner"] == plain["config"]
+
+
+def test_encoder_without_hidden_states_is_a_clear_error():
+    class NoStates(harmonia.encoder.AudioEncoder):
+        output_dim, hop_size_in_ms = 3, 20.0
+
+        def num_frames(self, n):
+            return max(1, n // 320)
+
+        def _encode(self, wav, lengths, hidden):
+            T = max(1, wav.shape[1] // 320)
+            return harmonia.encoder.EncoderOutput(torch.zeros(wav.shape[0], T, 3), (lengths // 320).clamp(min=1))
+
+    with pytest.raises(ValueError, match="needs hidden states.*--fusion concat"):
+        StackedStatesEncoder(NoStates())
+
+
+# -------------------------------------------------------------------------------------------------
+# the fusion modules against hand computations
+
+
+def test_layer_weighted_with_one_hot_weights_selects_that_layer():
+    g = torch.Generator().manual_seed(2)
+    final, a, b = torch.randn(6, 5, generator=g), torch.randn(3, 6, 4, generator=g), torch.randn(2, 6, 2, generator=g)
+    x = stacked(final, a, b)
+    f = LayerWeightedFusion(layout2())
+    with torch.no_grad():
+        f.logits[0].copy_(torch.tensor([-1e4, 0.0, -1e4]))  # softmax -> one-hot on state 1
+        f.logits[1].copy_(torch.tensor([0.0, -1e4]))  # state 0
+    y = f(x)
+    assert y.shape == (6, 6) and f.output_dim == 6
+    torch.testing.assert_close(y, torch.cat([a[1], b[0]], -1), rtol=0, atol=1e-6)
+
+
+def test_layer_weighted_is_a_convex_combination_and_starts_uniform():
+    g = torch.Generator().manual_seed(3)
+    a, b = torch.randn(3, 4, 4, generator=g), torch.randn(2, 4, 2, generator=g)
+    x = stacked(torch.zeros(4, 5), a, b)
+    f = LayerWeightedFusion(layout2())
+    torch.testing.assert_close(f(x), torch.cat([a.mean(0), b.mean(0)], -1))
+    with torch.no_grad():
+        f.logits[0].copy_(torch.log(torch.tensor([0.2, 0.5, 0.3])))
+    torch.testing.assert_close(f(x)[:, :4], 0.2 * a[0] + 0.5 * a[1] + 0.3 * a[2])
+
+
+def test_gated_with_fixed_gates_equals_the_hand_computation():
+    g = torch.Generator().manual_seed(4)
+    a, b = torch.randn(3, 5, 4, generator=g), torch.randn(2, 5, 2, generator=g)
+    x = stacked(torch.randn(5, 5, generator=g), a, b)
+    f = GatedFusion(layout2(), width=3)
+    wa, wb = torch.tensor([0.1, 0.6, 0.3]), torch.tensor([0.7, 0.3])
+    Aa, ca = torch.randn(3, 4, generator=g), torch.randn(3, generator=g)
+    Ab, cb = torch.randn(3, 2, generator=g), torch.randn(3, generator=g)
+    gates = torch.tensor([0.25, 0.75])
+    with torch.no_grad():
+        f.layers.logits[0].copy_(wa.log())
+        f.layers.logits[1].copy_(wb.log())
+        f.proj[0].weight.copy_(Aa), f.proj[0].bias.copy_(ca)
+        f.proj[1].weight.copy_(Ab), f.proj[1].bias.copy_(cb)
+        f.gate.weight.zero_()
+        f.gate.bias.copy_(gates.log())  # input-independent gates 0.25 / 0.75
+    za = wa[0] * a[0] + wa[1] * a[1] + wa[2] * a[2]
+    zb = wb[0] * b[0] + wb[1] * b[1]
+    expected = 0.25 * (za @ Aa.T + ca) + 0.75 * (zb @ Ab.T + cb)
+    torch.testing.assert_close(f(x), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(f.gates(x), gates.expand(5, 2))
+    d = describe(f, x)
+    assert d["kind"] == "gated" and [m["mean_gate"] for m in d["members"]] == pytest.approx([0.25, 0.75])
+    assert d["members"][0]["layer_weights"] == pytest.approx(wa.tolist(), abs=1e-6)
+
+
+def test_gates_depend_on_the_input_and_sum_to_one():
+    f = make_fusion("gated", layout2(), seed=0, width=3)
+    with torch.no_grad():
+        f.gate.weight.normal_()
+    x = torch.randn(8, layout2().total_dim)
+    g = f.gates(x)
+    torch.testing.assert_close(g.sum(-1), torch.ones(8))
+    assert (g.std(0) > 1e-3).all()
+
+
+def test_make_fusion_is_seeded_and_checks_the_kind():
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    f1, f2 = make_fusion("gated", layout2(), seed=5), make_fusion("gated", layout2(), seed=5)
+    assert torch.equal(torch.rand(1), before)  # the global RNG is untouched
+    assert torch.equal(f1.proj[0].weight, f2.proj[0].weight)
+    assert not torch.equal(f1.proj[0].weight, make_fusion("gated", layout2(), seed=6).proj[0].weight)
+    with pytest.raises(ValueError, match="expected one of"):
+        make_fusion("attention", layout2())
+
+
+def test_mean_description_and_chart(tmp_path):
+    runs = [{"kind": "gated", "members": [{"name": "a", "layer_weights": [0.2, 0.8], "mean_gate": 0.4},
+                                          {"name": "b", "layer_weights": [1.0], "mean_gate": 0.6}]},
+            {"kind": "gated", "members": [{"name": "a", "layer_weights": [0.4, 0.6], "mean_gate": 0.2},
+                                          {"name": "b", "layer_weights": [1.0], "mean_gate": 0.8}]}]
+    m = mean_description(runs)
+    assert m["runs"] == 2 and m["members"][0]["layer_weights"] == pytest.approx([0.3, 0.7])
+    assert m["members"][1]["mean_gate"] == pytest.approx(0.7)
+    results = {"model": "x", "tasks": {"t1": {"fusion": m}, "t2": {"fusion": m}, "t3": {"status": "failed"}}}
+    path = weights_chart(results, tmp_path / "charts" / "fusion_weights.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+    assert weights_chart({"tasks": {"t": {"status": "ok"}}}, tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
