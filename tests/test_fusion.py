@@ -194,3 +194,123 @@ def test_mean_description_and_chart(tmp_path):
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
     assert weights_chart({"tasks": {"t": {"status": "ok"}}}, tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+# -------------------------------------------------------------------------------------------------
+# fusion inside the probe (harmonia.eval)
+
+
+def _clip_set(n: int, seed: int, informative: bool = True):
+    """Stacked states of `layout2()` where only member a's state 1 carries the class (3 classes)."""
+    from harmonia.eval.linear_probe import ClipSet
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, 3, (n,), generator=g)
+    a = torch.randn(3, n, 4, generator=g) * 2.0
+    centres = torch.tensor([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0]])
+    if informative:
+        a[1] = centres[y] + 0.3 * torch.randn(n, 4, generator=g)
+    b = torch.randn(2, n, 2, generator=g) * 2.0
+    return ClipSet(stacked(torch.randn(n, 5, generator=g), a, b), y)
+
+
+PROBE_TASK = dict(name="fused", formal_name="Fused", domain="sound", label_key="label", num_classes=3, epochs=25,
+                  batch_size=16, learning_rate=1e-2)
+
+
+@pytest.mark.parametrize("kind", ["layer-weighted", "gated"])
+def test_fusion_is_trained_on_the_training_split_only(kind):
+    """Test labels and features never reach the learned weights: corrupting the test split leaves
+    every learned weight bit-identical (and changes the test score), while other training labels
+    change them. The informative state gets the largest layer weight."""
+    from harmonia.eval.linear_probe import ClipSet, train_probe
+    from harmonia.eval.tasks import Task
+
+    task = Task(**PROBE_TASK)
+    train, valid, test = _clip_set(120, 0), _clip_set(40, 1), _clip_set(60, 2)
+    corrupt = ClipSet(torch.randn_like(test.x), test.y.roll(1))
+
+    def run(train_set, test_set):
+        front = make_fusion(kind, layout2(), seed=0)
+        r = train_probe(task, train_set, valid, test_set, seed=0, front=front)
+        return r, front
+
+    r1, f1 = run(train, test)
+    r2, f2 = run(train, corrupt)
+    assert all(torch.equal(p, q) for p, q in zip(f1.state_dict().values(), f2.state_dict().values()))
+    assert r1.score > 0.8 and r2.score < 0.6  # the test split was scored, and only scored
+    _, f3 = run(ClipSet(train.x, train.y.roll(7)), test)
+    assert any(not torch.equal(p, q) for p, q in zip(f1.state_dict().values(), f3.state_dict().values()))
+    w = describe(f1)["members"][0]["layer_weights"]
+    assert w.index(max(w)) == 1 and w[1] > 1 / 3 + 0.05
+
+
+def _tiny_tasks(root: Path):
+    import dataclasses
+
+    from harmonia.demo.tasks import write_task_data
+
+    tasks = write_task_data(root, {"train": 10, "valid": 4, "test": 6}, seed=3)
+    keep = {"synth_instrument", "synth_sed"}
+    return [dataclasses.replace(t, epochs=3, batch_size=4, encode_batch_size=4) for t in tasks if t.name in keep]
+
+
+@pytest.mark.slow
+def test_evaluate_end_to_end_with_each_fusion(members, tmp_path):
+    """One tiny ensemble, a clip and a frame task, evaluated with concat, layer-weighted and gated
+    fusion through the API: results and charts name the fusion, learned weights are saved and
+    plotted, the cache keys all layers apart from final frames, kNN uses the final frames."""
+    import json
+
+    from harmonia.eval import evaluate
+    from harmonia.eval.report import write_combined
+
+    tasks = _tiny_tasks(tmp_path / "data")
+    ens = EnsembleEncoder(members, align="linear", names=["beats", "dasheng"])
+    runs = {}
+    for fusion in ("concat", "layer-weighted", "gated"):
+        runs[fusion] = evaluate(ens, tasks, tmp_path / "data", tmp_path / fusion, seeds=2, fusion=fusion,
+                                cache_dir=tmp_path / "cache", model_name="ens", progress=False)
+    for fusion, res in runs.items():
+        assert res["fusion"] == fusion
+        assert {e["status"] for e in res["tasks"].values()} == {"ok"}, res["tasks"]
+        saved = json.loads((tmp_path / fusion / "results.json").read_text())
+        assert saved["fusion"] == fusion
+        assert f"fusion `{fusion}`" in (tmp_path / fusion / "results.md").read_text()
+        chart = tmp_path / fusion / "charts" / "fusion_weights.png"
+        assert chart.exists() == (fusion != "concat")
+    n_states = [len(m.encode(torch.zeros(1, 16000), output_hidden_states=True).hidden_states) for m in members]
+    for fusion in ("layer-weighted", "gated"):
+        for e in json.loads((tmp_path / fusion / "results.json").read_text())["tasks"].values():
+            f = e["fusion"]
+            assert f["kind"] == fusion and f["runs"] == 2 and len(f["per_run"]) == 2
+            assert [m["name"] for m in f["members"]] == ["beats", "dasheng"]
+            assert [len(m["layer_weights"]) for m in f["members"]] == n_states
+            assert all(sum(m["layer_weights"]) == pytest.approx(1.0, abs=1e-4) for m in f["members"])
+            assert ("mean_gate" in f["members"][0]) == (fusion == "gated")
+        # kNN reads the encoder's own output: the same numbers as the concat run
+        knn = runs[fusion]["tasks"]["synth_instrument"]["knn"]["mean"]
+        assert knn == pytest.approx(runs["concat"]["tasks"]["synth_instrument"]["knn"]["mean"], abs=1e-9)
+    # one cache entry for the final frames, one for all layers (shared by both learned fusions)
+    assert len([p for p in (tmp_path / "cache" / "synth_instrument").iterdir() if p.is_dir()]) == 2
+    table = write_combined([tmp_path / f for f in runs], tmp_path / "report")
+    assert "ens (clean) |" in table and "ens (clean, layer-weighted fusion)" in table
+    assert "ens (clean, gated fusion)" in table
+
+
+def test_cli_evaluate_takes_fusion(tmp_path, monkeypatch):
+    from harmonia import cli
+
+    seen = {}
+
+    def fake_evaluate(encoder, tasks, data_root, out, **kw):
+        seen.update(kw)
+        return {"summary": {"mlp_all": 0.5, "knn_all": 0.5}, "tasks": {"t": {"status": "ok"}}}
+
+    monkeypatch.setattr("harmonia.eval.runner.evaluate", fake_evaluate)
+    monkeypatch.setattr("harmonia.eval.runner.load_encoder_source", lambda *a, **k: None)
+    assert cli.main(["evaluate", "--model", "x", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"),
+                     "--fusion", "gated"]) == 0
+    assert seen["fusion"] == "gated"
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--model", "x", "--data-root", ".", "--out", "o", "--fusion", "attention"])
