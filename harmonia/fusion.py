@@ -320,3 +320,38 @@ def weights_chart(results: dict, path: str | Path) -> Path | None:
     finally:
         plt.close(fig)
     return path
+
+
+# -------------------------------------------------------------------------------------------------
+# comparing runs
+
+
+def seed_scores(results: dict) -> list[float]:
+    """The weighted MLP score of each probe seed, ``sum_t w_t s_{t,seed} / sum_t w_t`` over the tasks
+    scored in every seed (the run's summary averages the per-task means instead)."""
+    entries = [e for e in results["tasks"].values() if e.get("status") == "ok" and e.get("mlp")]
+    if not entries:
+        return []
+    n = min(len(e["mlp"]["per_seed"]) for e in entries)
+    total = sum(e["weight"] for e in entries)
+    return [sum(e["weight"] * e["mlp"]["per_seed"][s] for e in entries) / total for s in range(n)]
+
+
+def compare(name: str, fused: Sequence[float], concat: Sequence[float]) -> tuple[str, str]:
+    """(status, sentence): does `name` fusion beat concatenation on the weighted score? It does
+    ("HOLDS") when its mean over seeds exceeds concatenation's by more than the seed spread
+    sqrt(std_f² + std_c²); within that spread the answer is "WITHIN SEED NOISE"; with one seed
+    there is no spread and the answer is "UNDECIDED" (numbers still given)."""
+    from harmonia.eval.metrics import mean_std
+
+    (mf, sf), (mc, sc) = mean_std(list(fused)), mean_std(list(concat))
+    spread = (sf ** 2 + sc ** 2) ** 0.5
+    numbers = (f"{mf:.3f} ± {sf:.3f} vs concatenation {mc:.3f} ± {sc:.3f}, difference {mf - mc:+.3f}, "
+               f"seed spread {spread:.3f} over {min(len(fused), len(concat))} seed(s)")
+    if min(len(fused), len(concat)) < 2:
+        return "UNDECIDED", f"{name} fusion vs concatenation with one seed, no spread to judge by ({numbers})"
+    if mf - mc > spread:
+        return "HOLDS", f"{name} fusion beats concatenation ({numbers})"
+    if mc - mf > spread:
+        return "DOES NOT HOLD", f"{name} fusion is worse than concatenation ({numbers})"
+    return "WITHIN SEED NOISE", f"{name} fusion and concatenation are within seed noise ({numbers})"

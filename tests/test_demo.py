@@ -73,6 +73,13 @@ def test_demo_quick_end_to_end(tmp_path):
         assert all(0.0 <= e["mlp"]["mean"] <= 1.0 for e in res["tasks"].values())
     assert (out / "report" / "report.png").stat().st_size > 10_000
     assert "Do the paper's effects appear?" in report and report.count("HOLD") >= 4
+    # learned fusion rows and their verdict against concatenation
+    for fusion in ("layer-weighted", "gated"):
+        assert f"ensemble (clean, {fusion} fusion)" in report
+        assert f"{fusion} fusion" in report.split("Do the paper's effects appear?")[1]
+        res = json.loads((out / "results" / f"ensemble-{fusion}" / "results.json").read_text())
+        assert res["fusion"] == fusion and all(e["fusion"]["members"] for e in res["tasks"].values())
+        assert (out / "results" / f"ensemble-{fusion}" / "charts" / "fusion_weights.png").exists()
     # the real pre-training loop learned: masked-patch accuracy far above chance (1/64)
     for run in ("beats_speech_heavy", "beats_balanced"):
         last = json.loads((out / "models" / run / "run" / "log.jsonl").read_text().splitlines()[-1])

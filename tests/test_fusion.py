@@ -314,3 +314,17 @@ def test_cli_evaluate_takes_fusion(tmp_path, monkeypatch):
     assert seen["fusion"] == "gated"
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--model", "x", "--data-root", ".", "--out", "o", "--fusion", "attention"])
+
+
+def test_seed_scores_and_compare_by_hand():
+    from harmonia.fusion import compare, seed_scores
+
+    run = {"tasks": {"a": {"status": "ok", "weight": 1, "mlp": {"per_seed": [0.2, 0.4]}},
+                     "b": {"status": "ok", "weight": 3, "mlp": {"per_seed": [0.6, 0.8]}},
+                     "c": {"status": "failed", "weight": 100}}}
+    assert seed_scores(run) == pytest.approx([(0.2 + 3 * 0.6) / 4, (0.4 + 3 * 0.8) / 4])
+    assert compare("gated", [0.70, 0.72, 0.71], [0.60, 0.61, 0.62])[0] == "HOLDS"
+    assert compare("gated", [0.60, 0.61, 0.62], [0.70, 0.72, 0.71])[0] == "DOES NOT HOLD"
+    status, text = compare("layer-weighted", [0.60, 0.70, 0.65], [0.62, 0.66, 0.64])
+    assert status == "WITHIN SEED NOISE" and "difference +0.010" in text and "over 3 seed(s)" in text
+    assert compare("gated", [0.9], [0.1])[0] == "UNDECIDED"

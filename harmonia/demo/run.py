@@ -29,6 +29,7 @@ import soundfile as sf
 import torch
 
 from harmonia.demo import synth
+from harmonia.fusion import LEARNED_FUSIONS
 
 DOMAINS = ("speech", "music", "sound")
 
@@ -196,7 +197,24 @@ def _parallel(jobs: dict, workers: int) -> dict:
         return {name: f.result() for name, f in futures.items()}
 
 
-def _evaluate_one(name: str, models: dict, members: list[str], tasks, out: Path, seeds: int) -> dict:
+def _evaluate_fusions(models: dict, members: list[str], tasks, out: Path, seeds: int) -> dict[str, dict]:
+    """The ensemble with learned fusion over its members' hidden states, one run per fusion; the
+    runs share one cache of stacked states (encoded once)."""
+    return {f"ensemble-{f}": _evaluate_one("ensemble", models, members, tasks, out, seeds, fusion=f,
+                                           run_name=f"ensemble-{f}") for f in LEARNED_FUSIONS}
+
+
+def fusion_verdict(runs: dict[str, dict]) -> list[str]:
+    """Does learned fusion beat concatenation (the ensemble row) beyond the seed spread?"""
+    from harmonia.fusion import compare, seed_scores
+
+    concat = seed_scores(runs["ensemble"])
+    return [": ".join(compare(f, seed_scores(runs[f"ensemble-{f}"]), concat)) for f in LEARNED_FUSIONS
+            if f"ensemble-{f}" in runs]
+
+
+def _evaluate_one(name: str, models: dict, members: list[str], tasks, out: Path, seeds: int,
+                  fusion: str = "concat", run_name: str | None = None) -> dict:
     from harmonia import load_encoder
     from harmonia.ensemble import EnsembleEncoder
     from harmonia.eval.runner import evaluate
@@ -206,8 +224,8 @@ def _evaluate_one(name: str, models: dict, members: list[str], tasks, out: Path,
                               fuse="concat")
     else:
         enc = load_encoder(models[name])
-    return evaluate(enc, tasks, out / "tasks", out / "results" / name, mode="clean", seeds=seeds,
-                    cache_dir=out / "cache", model_name=name, progress=False)
+    return evaluate(enc, tasks, out / "tasks", out / "results" / (run_name or name), mode="clean", seeds=seeds,
+                    cache_dir=out / "cache", model_name=name, progress=False, fusion=fusion)
 
 
 def run_demo(out: str | os.PathLike = "demo-out", quick: bool = False, seed: int = 0,
@@ -244,8 +262,14 @@ def run_demo(out: str | os.PathLike = "demo-out", quick: bool = False, seed: int
     members = ["beats-speech-heavy", "beats-balanced", "dasheng-mae"]
     names = members + ["ensemble", "random-init"]
     _log(f"4/5 evaluating {len(names)} encoders on {len(tasks)} tasks (linear probe + kNN, {size.seeds} seed(s))")
-    eval_jobs = {name: (_evaluate_one, (name, models, members, tasks, out, size.seeds)) for name in names}
-    runs = _parallel(eval_jobs, workers)
+    # learned fusion (both kinds in one job: they share one cache of stacked hidden states) first,
+    # as the longest job
+    eval_jobs = {"learned-fusion": (_evaluate_fusions, (models, members, tasks, out, size.seeds))}
+    eval_jobs |= {name: (_evaluate_one, (name, models, members, tasks, out, size.seeds)) for name in names}
+    done = _parallel(eval_jobs, workers)
+    fused = done.pop("learned-fusion")
+    runs = {name: done[name] for name in names} | fused
+    names += list(fused)
     run_dirs = [out / "results" / name for name in names]
     for name in names:
         _log(f"  {name:>20}: weighted MLP {runs[name]['summary']['mlp_all']:.3f}, "
@@ -253,7 +277,7 @@ def run_demo(out: str | os.PathLike = "demo-out", quick: bool = False, seed: int
 
     _log("5/5 report")
     table = write_combined(run_dirs, out / "report")
-    lines = verdict(runs, tasks)
+    lines = verdict(runs, tasks) + fusion_verdict(runs)
     text = "\n".join(["# harmonia demo — the CMU-AIST ICME 2025 system in miniature", "",
                       f"{'Quick' if quick else 'Full'} run, seed {seed}, "
                       f"{time.perf_counter() - t0:.0f} s on {torch.get_num_threads()} threads.", "",
