@@ -160,17 +160,34 @@ class StackedStatesEncoder(AudioEncoder):
 
 
 class LayerWeightedFusion(nn.Module):
-    """Per member a softmax-weighted sum of its hidden states, then concatenation across members."""
+    """Per member a softmax-weighted sum of its hidden states, then concatenation across members.
 
-    def __init__(self, layout: StateLayout) -> None:
+    The weights are ``softmax(gain · θ_m)``. Adam moves θ by about the learning rate per step
+    whatever the gradient's scale, so at the probe's learning rate (1e-3) and budget (a few hundred
+    steps on small tasks) plain logits would leave the weights within a few percent of uniform;
+    `gain` (default 10) acts as a 10× learning rate for the layer weights alone."""
+
+    def __init__(self, layout: StateLayout, gain: float = 10.0) -> None:
         super().__init__()
+        if not gain > 0:
+            raise ValueError(f"LayerWeightedFusion: gain must be > 0, found {gain}")
         self.layout = layout
+        self.gain = float(gain)
         self.logits = nn.ParameterList([nn.Parameter(torch.zeros(s)) for s in layout.num_states])
         self.output_dim = sum(layout.dims)
 
     def layer_weights(self) -> list[Tensor]:
         """One (S_m,) softmax weight vector per member."""
-        return [w.softmax(0) for w in self.logits]
+        return [(self.gain * w).softmax(0) for w in self.logits]
+
+    @torch.no_grad()
+    def set_layer_weights(self, member: int, weights: Tensor) -> None:
+        """Set member `member`'s layer weights (positive, summing to one) exactly."""
+        weights = torch.as_tensor(weights, dtype=torch.float32)
+        if weights.shape != self.logits[member].shape or (weights < 0).any() or abs(float(weights.sum()) - 1) > 1e-5:
+            raise ValueError(f"member {member}: expected {self.logits[member].numel()} non-negative weights summing "
+                             f"to 1, found {weights.tolist()}")
+        self.logits[member].copy_(weights.log() / self.gain)  # a zero weight is exactly zero (-inf logit)
 
     def member_sums(self, x: Tensor) -> list[Tensor]:
         """(..., total_dim) -> one (..., D_m) weighted sum per member."""
@@ -276,9 +293,9 @@ def mean_description(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
 
 
 def weights_chart(results: dict, path: str | Path) -> Path | None:
-    """One heat map per member: tasks (rows) × hidden states (columns), coloured by the mean learned
-    layer weight; gated fusion adds each member's mean gate to the row labels. Written atomically;
-    None when no task has learned weights."""
+    """Which layers of which member each task uses: one heat map per member, tasks (rows) × hidden
+    states (columns), coloured by the mean learned layer weight; gated fusion adds a panel of the
+    mean member gates. Written atomically; None when no task has learned weights."""
     from harmonia.io import atomic_path
 
     tasks = [(n, e["fusion"]) for n, e in results.get("tasks", {}).items() if e.get("fusion")]
@@ -289,34 +306,34 @@ def weights_chart(results: dict, path: str | Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    members = [m["name"] for m in tasks[0][1]["members"]]
-    widths = [len(m["layer_weights"]) for m in tasks[0][1]["members"]]
-    fig, axes = plt.subplots(1, len(members), figsize=(2.2 + 0.45 * sum(widths) + 1.6 * len(members),
-                                                       1.2 + 0.38 * len(tasks)),
-                             gridspec_kw={"width_ratios": widths}, squeeze=False)
-    for k, (ax, name) in enumerate(zip(axes[0], members)):
-        grid = [f["members"][k]["layer_weights"] for _, f in tasks]
-        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=max(max(r) for r in grid))
-        ax.set_xticks(range(widths[k]), [str(j) for j in range(widths[k])], fontsize=7)
-        ax.set_xlabel("hidden state (0 = input of layer 1)", fontsize=7)
-        labels = []
-        for task, f in tasks:
-            gate = f["members"][k].get("mean_gate")
-            labels.append(task + (f"  (gate {gate:.2f})" if gate is not None else ""))
-        ax.set_yticks(range(len(tasks)), labels, fontsize=7)
-        ax.set_title(name, fontsize=8)
+    first = tasks[0][1]
+    panels = [(m["name"], [f["members"][k]["layer_weights"] for _, f in tasks], "hidden state")
+              for k, m in enumerate(first["members"])]
+    if all("mean_gate" in m for _, f in tasks for m in f["members"]):
+        panels.append(("member gates", [[m["mean_gate"] for m in f["members"]] for _, f in tasks], "member"))
+    widths = [len(grid[0]) for _, grid, _ in panels]
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.5 + 0.5 * sum(widths) + 0.6 * len(panels), 1.4 + 0.35 * len(tasks)),
+                             gridspec_kw={"width_ratios": widths}, squeeze=False, constrained_layout=True)
+    vmax = max(v for _, grid, _ in panels for row in grid for v in row)
+    for k, (ax, (title, grid, xlabel)) in enumerate(zip(axes[0], panels)):
+        im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=vmax)
+        ticks = [m["name"] for m in first["members"]] if xlabel == "member" else [str(j) for j in range(len(grid[0]))]
+        ax.set_xticks(range(len(grid[0])), ticks, fontsize=7, rotation=30 if xlabel == "member" else 0)
+        ax.set_xlabel(xlabel, fontsize=7)
+        ax.set_yticks(range(len(tasks)), [n for n, _ in tasks] if k == 0 else [], fontsize=7)
+        ax.set_title(title, fontsize=8)
         for i, row in enumerate(grid):
             for j, v in enumerate(row):
                 ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=6,
-                        color="white" if v < 0.6 * max(max(r) for r in grid) else "black")
-        fig.colorbar(im, ax=ax, fraction=0.05, pad=0.02)
-    fig.suptitle(f"{results.get('model', '')}: learned {tasks[0][1]['kind']} fusion weights "
-                 f"(mean over {tasks[0][1].get('runs', 1)} probe run(s))", fontsize=9)
+                        color="white" if v < 0.6 * vmax else "black")
+    fig.colorbar(im, ax=axes[0].tolist(), fraction=0.03, pad=0.01)
+    fig.suptitle(f"{results.get('model', '')}: learned {first['kind']} fusion (mean over {first.get('runs', 1)} "
+                 "probe run(s); hidden state 0 = input of the first layer)", fontsize=9)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+            fig.savefig(tmp, format="png", dpi=100)
     finally:
         plt.close(fig)
     return path
