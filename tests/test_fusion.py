@@ -331,3 +331,18 @@ def test_seed_scores_and_compare_by_hand():
     status, text = compare("layer-weighted", [0.60, 0.70, 0.65], [0.62, 0.66, 0.64])
     assert status == "WITHIN SEED NOISE" and "difference +0.010" in text and "over 3 seed(s)" in text
     assert compare("gated", [0.9], [0.1])[0] == "UNDECIDED"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_stacked_states_and_fusion_on_cuda_match_cpu(wav):
+    cpu = StackedStatesEncoder(EnsembleEncoder([harmonia.load_encoder(BEATS), harmonia.load_encoder(DASHENG)]))
+    gpu = StackedStatesEncoder(EnsembleEncoder([harmonia.load_encoder(BEATS, device="cuda"),
+                                                harmonia.load_encoder(DASHENG, device="cuda")]))
+    lengths = torch.tensor([16000, 9000])
+    a, b = cpu.encode(wav, lengths), gpu.encode(wav, lengths)
+    assert b.frames.device.type == "cuda" and gpu.layout == cpu.layout
+    torch.testing.assert_close(b.frames.cpu(), a.frames, rtol=1e-4, atol=1e-4)
+    for kind in ("layer-weighted", "gated"):
+        f = make_fusion(kind, cpu.layout, seed=0)
+        torch.testing.assert_close(f.cuda()(b.frames).cpu(), f.cpu()(a.frames), rtol=1e-4, atol=1e-4)
