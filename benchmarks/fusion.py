@@ -16,6 +16,7 @@ everything to <out>/fusion_benchmark.json.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from pathlib import Path
@@ -42,6 +43,28 @@ def build(demo: Path, size_name: str, seed: int) -> None:
     run.pretrain_dasheng(shards, m / "dasheng_mae", size, seed)
 
 
+@contextlib.contextmanager
+def frozen_gates(active: bool):
+    """While active, `harmonia.fusion.make_fusion` returns gated fusions whose layer weights and
+    gates stay at their uniform start (the ablation: only the per-member projections train)."""
+    if not active:
+        yield
+        return
+    original = fusionlib.make_fusion
+
+    def make(kind, layout, **kw):
+        f = original(kind, layout, **kw)
+        for p in [*f.layers.parameters(), *f.gate.parameters()]:
+            p.requires_grad_(False)
+        return f
+
+    fusionlib.make_fusion = make
+    try:
+        yield
+    finally:
+        fusionlib.make_fusion = original
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo", default=None, help="a finished `harmonia demo --out` directory (models/, tasks/)")
@@ -50,6 +73,9 @@ def main() -> None:
     ap.add_argument("--fusions", nargs="+", default=list(fusionlib.FUSIONS), choices=fusionlib.FUSIONS)
     ap.add_argument("--out", default="bench-fusion")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ablation", action="store_true",
+                    help="also run gated fusion with its layer weights and gates frozen at their uniform start "
+                         "(only the projections train): how much of gated fusion's score is the extra projection")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -71,15 +97,18 @@ def main() -> None:
     tasks = demo_tasks(int(spec["weight"]))  # the demo weights every task by its test size
 
     results, seconds = {}, {}
-    for fusion in args.fusions:
+    runs = [(f, f) for f in args.fusions] + ([("projection-only", "gated")] if args.ablation else [])
+    for label, fusion in runs:
         ens = EnsembleEncoder([load_encoder(demo / "models" / m / "model") for m in MEMBERS], align="linear",
                               reference=0, fuse="concat", names=["beats-speech-heavy", "beats-balanced", "dasheng-mae"])
         t0 = time.perf_counter()
-        results[fusion] = evaluate(ens, tasks, demo / "tasks", out / fusion, mode="clean", seeds=args.seeds,
-                                   cache_dir=out / "cache", model_name="ensemble", progress=False, fusion=fusion)
-        seconds[fusion] = round(time.perf_counter() - t0, 1)
-        s = fusionlib.seed_scores(results[fusion])
-        print(f"{fusion:>15}: weighted MLP per seed {[round(x, 4) for x in s]} ({seconds[fusion]} s incl. encoding)",
+        with frozen_gates(label == "projection-only"):
+            results[label] = evaluate(ens, tasks, demo / "tasks", out / label, mode="clean", seeds=args.seeds,
+                                      cache_dir=out / "cache", model_name=f"ensemble [{label}]", progress=False,
+                                      fusion=fusion)
+        seconds[label] = round(time.perf_counter() - t0, 1)
+        s = fusionlib.seed_scores(results[label])
+        print(f"{label:>15}: weighted MLP per seed {[round(x, 4) for x in s]} ({seconds[label]} s incl. encoding)",
               flush=True)
 
     summary = {"demo": str(demo), "seeds": args.seeds, "seconds": seconds, "fusions": {}}
