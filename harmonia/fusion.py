@@ -107,6 +107,8 @@ class StackedStatesEncoder(AudioEncoder):
         self.inner = encoder
         members = list(encoder.members) if isinstance(encoder, EnsembleEncoder) else [encoder]
         names = list(encoder.names) if isinstance(encoder, EnsembleEncoder) else [type(encoder).__name__]
+        if len(set(names)) < len(names):  # e.g. two unnamed BEATs members: "BeatsEncoder#0", "BeatsEncoder#1"
+            names = [f"{n}#{i}" for i, n in enumerate(names)]
         counts, dims = [], []
         for name, m in zip(names, members):
             probe = m.encode(torch.zeros(1, max(m.min_samples, 400)), output_hidden_states=True).hidden_states

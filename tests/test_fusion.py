@@ -105,6 +105,11 @@ def test_encoder_without_hidden_states_is_a_clear_error():
         StackedStatesEncoder(NoStates())
 
 
+def test_unnamed_members_of_one_class_get_distinct_names(members):
+    enc = StackedStatesEncoder(EnsembleEncoder([members[0], members[0], members[1]]))
+    assert enc.layout.names == ("BeatsEncoder#0", "BeatsEncoder#1", "DashengEncoder#2")
+
+
 # -------------------------------------------------------------------------------------------------
 # the fusion modules against hand computations
 

@@ -226,7 +226,7 @@ def _evaluate_one(name: str, models: dict, members: list[str], tasks, out: Path,
 
     if name == "ensemble":  # the paper's system: BEATs (flat) as reference, Dasheng resampled to it
         enc = EnsembleEncoder([load_encoder(models[m]) for m in members], align="linear", reference=0,
-                              fuse="concat")
+                              fuse="concat", names=members)
     else:
         enc = load_encoder(models[name])
     return evaluate(enc, tasks, out / "tasks", out / "results" / (run_name or name), mode="clean", seeds=seeds,
