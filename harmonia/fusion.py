@@ -104,6 +104,10 @@ class StackedStatesEncoder(AudioEncoder):
         super().__init__()
         if isinstance(encoder, StackedStatesEncoder):
             raise TypeError("StackedStatesEncoder: the encoder already outputs stacked states")
+        if not isinstance(encoder, AudioEncoder):
+            raise TypeError(f"learned fusion needs a harmonia encoder (hidden states from encode(..., "
+                            f"output_hidden_states=True)), found a {type(encoder).__name__}; load it with "
+                            "harmonia.load_encoder, or use --fusion concat")
         self.inner = encoder
         members = list(encoder.members) if isinstance(encoder, EnsembleEncoder) else [encoder]
         names = list(encoder.names) if isinstance(encoder, EnsembleEncoder) else [type(encoder).__name__]

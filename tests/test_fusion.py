@@ -103,6 +103,8 @@ def test_encoder_without_hidden_states_is_a_clear_error():
 
     with pytest.raises(ValueError, match="needs hidden states.*--fusion concat"):
         StackedStatesEncoder(NoStates())
+    with pytest.raises(TypeError, match="needs a harmonia encoder.*found a Linear"):
+        StackedStatesEncoder(torch.nn.Linear(2, 2))
 
 
 def test_unnamed_members_of_one_class_get_distinct_names(members):
