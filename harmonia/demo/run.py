@@ -214,8 +214,10 @@ def fusion_verdict(runs: dict[str, dict]) -> list[str]:
     from harmonia.fusion import compare, seed_scores
 
     concat = seed_scores(runs["ensemble"])
-    return [": ".join(compare(f, seed_scores(runs[f"ensemble-{f}"]), concat)) for f in LEARNED_FUSIONS
-            if f"ensemble-{f}" in runs]
+    caveat = {"gated": "; gated fusion also trains a projection per member, a larger probe than concatenation's: "
+                       "`benchmarks/fusion.py --ablation` measures how much of the difference that is"}
+    return [": ".join(compare(f, seed_scores(runs[f"ensemble-{f}"]), concat)) + caveat.get(f, "")
+            for f in LEARNED_FUSIONS if f"ensemble-{f}" in runs]
 
 
 def _evaluate_one(name: str, models: dict, members: list[str], tasks, out: Path, seeds: int,
