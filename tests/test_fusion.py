@@ -353,3 +353,15 @@ def test_stacked_states_and_fusion_on_cuda_match_cpu(wav):
     for kind in ("layer-weighted", "gated"):
         f = make_fusion(kind, cpu.layout, seed=0)
         torch.testing.assert_close(f.cuda()(b.frames).cpu(), f.cpu()(a.frames), rtol=1e-4, atol=1e-4)
+
+
+def test_demo_fusion_verdict_uses_the_seed_spread():
+    from harmonia.demo.run import fusion_verdict
+
+    def run(scores):
+        return {"tasks": {"t": {"status": "ok", "weight": 1, "mlp": {"per_seed": scores}}}}
+
+    lines = fusion_verdict({"ensemble": run([0.50, 0.52, 0.51]), "ensemble-layer-weighted": run([0.49, 0.53, 0.51]),
+                            "ensemble-gated": run([0.70, 0.71, 0.72])})
+    assert lines[0].startswith("WITHIN SEED NOISE: layer-weighted fusion")
+    assert lines[1].startswith("HOLDS: gated fusion beats concatenation") and "--ablation" in lines[1]
