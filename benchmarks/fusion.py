@@ -69,7 +69,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--demo", default=None, help="a finished `harmonia demo --out` directory (models/, tasks/)")
     ap.add_argument("--build", choices=["quick", "full"], default=None, help="build the demo models into <out>/demo")
-    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seed", type=int, default=0, help="corpus and pre-training seed of --build")
+    ap.add_argument("--seeds", type=int, default=3, help="probe seeds")
     ap.add_argument("--fusions", nargs="+", default=list(fusionlib.FUSIONS), choices=fusionlib.FUSIONS)
     ap.add_argument("--out", default="bench-fusion")
     ap.add_argument("--threads", type=int, default=1)
@@ -88,7 +89,7 @@ def main() -> None:
     out = Path(args.out)
     demo = Path(args.demo) if args.demo else out / "demo"
     if args.build:
-        build(demo, args.build, seed=0)
+        build(demo, args.build, seed=args.seed)
     missing = [m for m in MEMBERS if not (demo / "models" / m / "model" / "config.json").exists()]
     if missing:
         raise SystemExit(f"{demo}/models: no trained member(s) {missing}; run `harmonia demo --quick --out {demo}` "
