@@ -6,16 +6,24 @@ the linear probe with each task's epochs and batch size (one seed), and the kNN 
 product per block). Class structure is planted so the probes have something to learn.
 
     python benchmarks/eval_scoring.py [--scale 1.0] [--dim 768] [--tasks esc50,cremad]
+    python benchmarks/eval_scoring.py --cache-io 128   # write + verified read of one frame chunk
+
+`--cache-io N` instead times the embedding cache's I/O for one chunk of N DESED-like items
+(250 frames x D each): the atomic safetensors write with its sha256, and the read that verifies
+size and sha256 before memory-mapping the frames.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
+from pathlib import Path
 
 import torch
 
 from harmonia.eval import metrics as M
+from harmonia.eval.embed import ChunkBuffer, read_chunk, write_chunk
 from harmonia.eval.knn import knn_scores
 from harmonia.eval.linear_probe import ClipSet, FrameSet, PairSet, train_probe
 from harmonia.eval.tasks import BUILTIN_TASKS, TABLE1_TASKS
@@ -59,12 +67,38 @@ def concat(sets):
     return ClipSet(torch.cat([s.x for s in sets]), torch.cat([s.y for s in sets]))
 
 
+def cache_io(n_items: int, dim: int) -> None:
+    pending = ChunkBuffer()
+    g = torch.Generator().manual_seed(0)
+    for i in range(n_items):
+        x = torch.randn(250, dim, generator=g)
+        pending.keys.append(f"k{i}")
+        pending.clips.append(f"k{i}")
+        pending.jsons.append([{"onset": 0.5, "offset": 1.5, "label": "Dog"}])
+        pending.pooled.append(x.mean(0))
+        pending.frames.append(x)
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / "chunk-00000.safetensors"
+        t0 = time.perf_counter()
+        record = write_chunk(path, pending)
+        t1 = time.perf_counter()
+        tensors, _ = read_chunk(path, record)
+        float(tensors["frames"].sum())  # touch every page
+        t2 = time.perf_counter()
+    mb = record["size"] / 2**20
+    print(f"cache chunk of {n_items} items x 250 x {dim}: {mb:.0f} MB; write + sha256 {t1 - t0:.2f} s "
+          f"({mb / (t1 - t0):.0f} MB/s), verified read + sum {t2 - t1:.2f} s ({mb / (t2 - t1):.0f} MB/s)")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--scale", type=float, default=1.0, help="multiply every split size")
     ap.add_argument("--dim", type=int, default=768)
     ap.add_argument("--tasks", default=",".join(TABLE1_TASKS))
+    ap.add_argument("--cache-io", type=int, default=0, metavar="N", help="time cache I/O for a chunk of N items")
     args = ap.parse_args()
+    if args.cache_io:
+        return cache_io(args.cache_io, args.dim)
     g = torch.Generator().manual_seed(0)
     total, rows = 0.0, []
     for name in args.tasks.split(","):

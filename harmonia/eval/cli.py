@@ -13,7 +13,8 @@ def add_parser(subparsers) -> None:
     p.add_argument("--model", required=True,
                    help="registry name, checkpoint file/dir, HF repo id, or an X-ARES encoder file path.py[:Class]")
     p.add_argument("--tasks", nargs="+", default=["table1"],
-                   help="task names, `table1` (default), `all`, comma lists or custom task files (.json/.py)")
+                   help="task names, `table1` (default), `all`, comma lists, custom task files (.json/.py) or "
+                        "X-ARES 0.1.3 task modules (*_task.py, used as they are; xares need not be installed)")
     p.add_argument("--data-root", required=True, help="directory holding <task>/ shard folders (X-ARES env/)")
     p.add_argument("--mode", choices=["clean", "xares"], default="clean",
                    help="clean (default): masked padding, all crops, cosine kNN, seeded; xares: X-ARES 0.1.3 exactly")
@@ -26,6 +27,8 @@ def add_parser(subparsers) -> None:
                         "inside the probe on the training split (weights saved and plotted)")
     p.add_argument("--device", default=None, help="encoder device, e.g. cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="exit 0 even when some tasks could not be scored (default: exit 1, failures listed)")
     p.set_defaults(func=_evaluate)
 
     r = subparsers.add_parser("report", help="combine evaluation runs into one Table-I-like table and chart",
@@ -43,10 +46,29 @@ def _evaluate(args: argparse.Namespace) -> int:
                        cache_dir=args.cache_dir, model_name=str(args.model), progress=not args.no_progress,
                        fusion=args.fusion)
     s = results["summary"]
-    bad = [n for n, e in results["tasks"].items() if e["status"] != "ok"]
-    print(f"wrote {args.out}/results.{{json,md,csv}}; weighted MLP {s['mlp_all']}, kNN {s['knn_all']}"
-          + (f"; not scored: {', '.join(bad)}" if bad else ""))
-    return 1 if bad and len(bad) == len(results["tasks"]) else 0
+    print(f"wrote {args.out}/results.{{json,md,csv}}; weighted MLP {_score(s, 'mlp_all')}, "
+          f"kNN {_score(s, 'knn_all')}")
+    failed = not_scored(results)
+    if failed:
+        print(f"{len(failed)} of {len(results['tasks'])} tasks not scored:")
+        for line in failed:
+            print(f"  {line}")
+        if not args.allow_partial:
+            print("exit status 1: pass --allow-partial to accept a partial evaluation")
+            return 1
+    return 0
+
+
+def not_scored(results: dict) -> list[str]:
+    """One line per task that was asked for but not scored (failed, or skipped for missing data);
+    tasks disabled in their task file do not count."""
+    return [f"{name}: {e['status']}: {e.get('error', '')}" for name, e in results["tasks"].items()
+            if e["status"] in ("failed", "skipped")]
+
+
+def _score(summary: dict, key: str) -> str:
+    value, n = summary.get(key), summary.get(f"{key}_tasks", 0)
+    return "– (no scored task with a weight > 0)" if value is None else f"{value:.4f} ({n} task{'s' * (n != 1)})"
 
 
 def _report(args: argparse.Namespace) -> int:

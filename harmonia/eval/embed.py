@@ -4,8 +4,14 @@ Cache layout::
 
     <cache_root>/<task.name>/<key>/            key = sha256(encoder fingerprint + protocol)[:20]
         fingerprint.json                       what the key was computed from
-        <partition>/chunk-00000.pt ...         finished chunks, each written atomically
-        <partition>/done.json                  the partition is complete (counts, failures)
+        <partition>/state.json                 resume position, failed items, and per chunk its
+                                               size and sha256 (rewritten after every chunk)
+        <partition>/chunk-00000.safetensors    finished chunks, each written atomically
+
+Nothing in the cache is ever unpickled: chunks are safetensors (tensors) with the item keys and
+JSON labels in the safetensors metadata, and state.json is plain JSON. Every chunk is checked
+against the size and sha256 recorded when it was written; a chunk or state file that is missing,
+truncated, replaced or unreadable is named in a `CacheWarning` and its partition is encoded again.
 
 The key never uses the encoder's class name (X-ARES's cache trap, specs/xares.md §0 point 8): it
 hashes the class, `output_dim`, `hop_size_in_ms`, `sampling_rate`, `export_config()` when the
@@ -20,7 +26,11 @@ Two encoding protocols:
   longer clips give floor(len/crop) crops; of several crops of one clip in one batch only the first
   is kept (X-ARES writes them under one key and webdataset drops the duplicates).
 - ``clean``: the same batches, encoded with lengths so padding is masked; every crop is kept; a clip
-  shorter than the crop length is encoded as it is.
+  shorter than the crop length is encoded as it is. An encoder that only has X-ARES's
+  `forward(audio)` (no `encode` with lengths) encodes each item alone, so no padding is involved.
+
+Any module that passes X-ARES's `check_audio_encoder` can be cached: it needs no parameters and no
+`device` attribute (its device is that of its first parameter or buffer, else the CPU).
 
 Clip and contrastive tasks store only the mean over each item's stored frames (`pooled`, what
 every clip protocol uses); frame tasks store the frames.
@@ -29,30 +39,58 @@ every clip protocol uses); frame tasks store the frames.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import shutil
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+import warnings
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from harmonia.audio import AudioError, pad_batch
 from harmonia.encoder import AudioEncoder
 from harmonia.eval.readers import ShardScan, find_shards, read_audio_shard
-from harmonia.eval.tasks import Task
+from harmonia.eval.tasks import EvalDataError, Task
+from harmonia.io import (
+    CheckpointError,
+    read_safetensors,
+    remove_stale_temps,
+    safetensors_metadata,
+    write_json_atomic,
+    write_safetensors,
+)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: safetensors chunks + state.json with sizes and checksums (1: pickled chunks)
 MODES = ("xares", "clean")
+STATE_FILE = "state.json"
+
+
+class CacheCorruptError(EvalDataError):
+    """A cache file differs from what was recorded when it was written; the message names it."""
+
+
+class CacheWarning(UserWarning):
+    """A corrupt cache file was found and its partition is being encoded again."""
 
 
 # --------------------------------------------------------------------------------------------------
 # Fingerprints
 
 
-def encoder_fingerprint(encoder: AudioEncoder) -> dict:
+def encoder_device(encoder: nn.Module) -> torch.device:
+    """The device of the encoder's first parameter or buffer; the CPU for a module without any
+    (a valid X-ARES encoder needs neither parameters nor a `device` attribute)."""
+    for t in itertools.chain(encoder.parameters(), encoder.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
+def encoder_fingerprint(encoder: nn.Module) -> dict:
     """What identifies an encoder's outputs: class, X-ARES attributes, exported config, weights."""
     h = hashlib.sha256()
     for name, t in sorted(encoder.state_dict().items()):
@@ -96,26 +134,6 @@ def cache_key(enc_fp: dict, proto_fp: dict) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Atomic writes
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj) -> None:
-    atomic_write_bytes(path, json.dumps(obj, indent=2, sort_keys=True, default=str).encode())
-
-
-def atomic_torch_save(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------------------------------
 # Stored embeddings
 
 
@@ -125,7 +143,9 @@ class Embeddings:
 
     keys (N) item keys (xares: `<clip><batch index>`, clean: `<clip>#<crop>`); clips (N) source clip
     keys; jsons (N) the samples' JSON; pooled (N, D) mean over each item's stored frames, or None;
-    frame tasks: `chunks` of frames (sum T, D) with per-item (chunk, start, length) in `index`.
+    frame tasks: `chunks` of frames (sum T, D) with per-item (chunk, start, length) in `index`;
+    errors: one line per item that could not be decoded; repaired: the corrupt cache files found
+    (and encoded again) on the way.
     """
 
     keys: list[str]
@@ -135,6 +155,7 @@ class Embeddings:
     chunks: list[torch.Tensor] = field(default_factory=list)
     index: list[tuple[int, int, int]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -149,6 +170,52 @@ class Embeddings:
 
 
 @dataclass
+class PartitionState:
+    """How far one partition is encoded (state.json): the shards it was read from ([name, size,
+    mtime_ns] each, in order), where to resume (clip, crop, xares batch index), the items that
+    failed, and per finished chunk its size, sha256 and item count."""
+
+    shards: list
+    next_clip: int = 0
+    next_crop: int = 0
+    batch_index: int = 0
+    errors: list[str] = field(default_factory=list)
+    chunks: list[dict] = field(default_factory=list)
+    finished: bool = False
+
+    @classmethod
+    def read(cls, path: Path) -> PartitionState:
+        """Parse and check state.json; anything unexpected is a CacheCorruptError naming it."""
+        try:
+            state = cls(**json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, TypeError) as e:
+            raise CacheCorruptError(f"{path}: unreadable cache state ({type(e).__name__}: {e})") from None
+        counters = (state.next_clip, state.next_crop, state.batch_index)
+        if not (isinstance(state.shards, list) and all(isinstance(s, list) for s in state.shards)
+                and all(type(c) is int and c >= 0 for c in counters)
+                and isinstance(state.errors, list) and all(isinstance(e, str) for e in state.errors)
+                and isinstance(state.finished, bool)
+                and isinstance(state.chunks, list) and all(_chunk_record_ok(c) for c in state.chunks)):
+            raise CacheCorruptError(f"{path}: malformed cache state")
+        return state
+
+    def write(self, path: Path) -> None:
+        write_json_atomic(path, asdict(self), indent=1)
+
+    def advance_past(self, item: _Item) -> None:
+        """Resume after `item` (its next crop, or the next clip)."""
+        if item.crop + 1 < item.n_crops:
+            self.next_clip, self.next_crop = item.clip, item.crop + 1
+        else:
+            self.next_clip, self.next_crop = item.clip + 1, 0
+
+
+def _chunk_record_ok(c) -> bool:
+    return (isinstance(c, dict) and set(c) == {"size", "sha256", "items"} and type(c["size"]) is int
+            and type(c["items"]) is int and isinstance(c["sha256"], str))
+
+
+@dataclass
 class _Item:
     clip: int  # index of the clip in partition order
     crop: int
@@ -157,6 +224,28 @@ class _Item:
     json: object
     wav: torch.Tensor  # (N,)
     shard: str
+
+
+@dataclass
+class ChunkBuffer:
+    """Encoded items not yet written to a chunk."""
+
+    keys: list[str] = field(default_factory=list)
+    clips: list[str] = field(default_factory=list)
+    jsons: list = field(default_factory=list)
+    pooled: list[torch.Tensor] = field(default_factory=list)
+    frames: list[torch.Tensor] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def add(self, key: str, it: _Item, x_TD: torch.Tensor, keep_frames: bool) -> None:
+        self.keys.append(key)
+        self.clips.append(it.key)
+        self.jsons.append(it.json)
+        self.pooled.append(x_TD.mean(0))
+        if keep_frames:
+            self.frames.append(x_TD.clone())
 
 
 def _crops(wav: torch.Tensor, crop: int | None, mode: str) -> list[torch.Tensor]:
@@ -172,15 +261,110 @@ def _crops(wav: torch.Tensor, crop: int | None, mode: str) -> list[torch.Tensor]
     return [wav[i * crop:(i + 1) * crop] for i in range(n)]
 
 
+def _batched(items: Iterable[_Item], size: int) -> Iterator[list[_Item]]:
+    it = iter(items)
+    while batch := list(itertools.islice(it, size)):
+        yield batch
+
+
 def _shard_sig(p: Path) -> list:
     st = p.stat()
     return [p.name, st.st_size, int(st.st_mtime_ns)]
 
 
-class EmbeddingCache:
-    """Encodes tasks once per (encoder, protocol) and serves the stored embeddings."""
+# --------------------------------------------------------------------------------------------------
+# Chunk files
 
-    def __init__(self, root: str | os.PathLike, encoder: AudioEncoder, mode: str = "clean",
+
+def _chunk_path(pdir: Path, index: int) -> Path:
+    return pdir / f"chunk-{index:05d}.safetensors"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_chunk(path: Path, pending: ChunkBuffer) -> dict:
+    """Write the pending items as one safetensors chunk (atomically); returns its state record."""
+    tensors = {"pooled": torch.stack(pending.pooled)}
+    if pending.frames:
+        tensors["frames"] = torch.cat(pending.frames)
+    items = {"keys": pending.keys, "clips": pending.clips, "jsons": pending.jsons,
+             "lengths": [int(f.shape[0]) for f in pending.frames]}
+    write_safetensors(tensors, path, metadata={"items": json.dumps(items)})
+    return {"size": path.stat().st_size, "sha256": _sha256(path), "items": len(pending)}
+
+
+def read_chunk(path: Path, record: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """Verify a chunk against its state record, then read it (tensors memory-mapped)."""
+    if not path.is_file():
+        raise CacheCorruptError(f"{path}: cache chunk is missing")
+    size = path.stat().st_size
+    if size != record["size"]:
+        raise CacheCorruptError(f"{path}: cache chunk has {size} bytes, {record['size']} were written")
+    if _sha256(path) != record["sha256"]:
+        raise CacheCorruptError(f"{path}: cache chunk checksum differs from the one recorded when it was written")
+    try:
+        tensors = read_safetensors(path)
+        items = json.loads(safetensors_metadata(path)["items"])
+        n = len(items["keys"])
+        ok = (n == record["items"] == len(items["clips"]) == len(items["jsons"]) == tensors["pooled"].shape[0]
+              and ("frames" not in tensors or sum(items["lengths"]) == tensors["frames"].shape[0]))
+    except (CheckpointError, KeyError, TypeError, json.JSONDecodeError) as e:
+        raise CacheCorruptError(f"{path}: unreadable cache chunk ({type(e).__name__}: {e})") from None
+    if not ok:
+        raise CacheCorruptError(f"{path}: cache chunk contents do not match its item counts")
+    return tensors, items
+
+
+def load_partition(pdir: Path) -> Embeddings:
+    """Read a finished partition, each chunk verified against the size and sha256 recorded when it
+    was written (frames memory-mapped, so large frame tasks need not fit in RAM). Raises
+    CacheCorruptError naming the first bad file."""
+    state = PartitionState.read(pdir / STATE_FILE)
+    if not state.finished:
+        raise CacheCorruptError(f"{pdir / STATE_FILE}: partition not finished; run the encoding again")
+    out = Embeddings([], [], [], None, errors=list(state.errors))
+    pooled = []
+    for i, record in enumerate(state.chunks):
+        tensors, items = read_chunk(_chunk_path(pdir, i), record)
+        out.keys += items["keys"]
+        out.clips += items["clips"]
+        out.jsons += items["jsons"]
+        pooled.append(tensors["pooled"])
+        if "frames" in tensors:
+            out.chunks.append(tensors["frames"])
+            start = 0
+            for n in items["lengths"]:
+                out.index.append((len(out.chunks) - 1, start, n))
+                start += n
+    out.pooled = torch.cat(pooled) if pooled else None
+    return out
+
+
+def _reset(pdir: Path) -> None:
+    shutil.rmtree(pdir, ignore_errors=True)
+    pdir.mkdir(parents=True)
+
+
+def _safe(part: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in part)
+
+
+# --------------------------------------------------------------------------------------------------
+# The cache
+
+
+class EmbeddingCache:
+    """Encodes tasks once per (encoder, protocol) and serves the stored embeddings.
+
+    `embed_task(task, data_root)` is the one entry point: {partition name: Embeddings}."""
+
+    def __init__(self, root: str | os.PathLike, encoder: nn.Module, mode: str = "clean",
                  chunk_items: int = 512, progress: bool = True):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, found {mode!r}")
@@ -194,133 +378,118 @@ class EmbeddingCache:
     def task_dir(self, task: Task) -> Path:
         return self.root / task.name / cache_key(self.enc_fp, protocol_fingerprint(task, self.mode))
 
-    # ----------------------------------------------------------------------------------------------
     def embed_task(self, task: Task, data_root: str | os.PathLike) -> dict[str, Embeddings]:
-        """Encode every partition of `task` (resuming finished chunks) and return them all."""
+        """The embeddings of every partition of `task` (split name or fold), encoded on first use,
+        resumed after an interruption and encoded again where a cache file is corrupt."""
         shards = find_shards(task, data_root)
         tdir = self.task_dir(task)
         tdir.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(tdir / "fingerprint.json",
-                          {"encoder": self.enc_fp, "protocol": protocol_fingerprint(task, self.mode)})
-        out = {}
-        for part, paths in shards.items():
-            self._embed_partition(task, part, paths, tdir / _safe(part))
-            out[part] = load_partition(tdir / _safe(part))
-        return out
+        write_json_atomic(tdir / "fingerprint.json", {"encoder": self.enc_fp,
+                                                      "protocol": protocol_fingerprint(task, self.mode)},
+                          indent=2, sort_keys=True)
+        return {part: self.embed_partition(task, paths, tdir / _safe(part)) for part, paths in shards.items()}
 
-    def _embed_partition(self, task: Task, part: str, shards: list[Path], pdir: Path) -> None:
-        pdir.mkdir(parents=True, exist_ok=True)
-        sigs = {p.name: _shard_sig(p) for p in shards}
-        chunks = sorted(pdir.glob("chunk-*.pt"))
-        done = pdir / "done.json"
-        if done.exists():
-            info = json.loads(done.read_text())
-            if info.get("shards") == [sigs[p.name] for p in shards]:
-                return
-        # Invalidate when a shard the finished chunks read has changed since.
-        state = None
-        if chunks:
-            state = torch.load(chunks[-1], map_location="cpu", weights_only=False)["state"]
-            if any(sigs.get(name) != sig for name, sig in state["touched"].items()):
-                state = None
-            if state is None:
-                shutil.rmtree(pdir)
-                pdir.mkdir(parents=True)
-                chunks = []
-        if done.exists():
-            done.unlink()
-        next_clip, next_crop = (state["next_clip"], state["next_crop"]) if state else (0, 0)
-        batch_index = state["batch_index"] if state else 0
-        errors: list[str] = list(state["errors"]) if state else []
-        touched: dict[str, list] = dict(state["touched"]) if state else {}
-        n_chunk = len(chunks)
-
-        crop = round(task.crop_length * self.encoder.sampling_rate) if task.crop_length else None
-        frames_mode = task.type == "frame"
-        bs = task.encode_batch_size
-        pending: dict[str, list] = _empty_chunk()
-        bar = tqdm(desc=f"encode {task.name}/{part}", unit="item", disable=not self.progress,
-                   initial=0, leave=False)
-
-        def flush(last: _Item | None) -> None:
-            nonlocal n_chunk, pending
-            if last is None:
-                return
-            nxt_clip, nxt_crop = ((last.clip, last.crop + 1) if last.crop + 1 < last.n_crops else (last.clip + 1, 0))
-            payload = {
-                "keys": pending["keys"], "clips": pending["clips"], "jsons": pending["jsons"],
-                "pooled": torch.stack(pending["pooled"]) if pending["pooled"] else None,
-                "frames": torch.cat(pending["frames"]) if pending["frames"] else None,
-                "lengths": pending["lengths"],
-                "state": {"next_clip": nxt_clip, "next_crop": nxt_crop, "batch_index": batch_index,
-                          "errors": errors, "touched": touched},
-            }
-            atomic_torch_save(pdir / f"chunk-{n_chunk:05d}.pt", payload)
-            n_chunk += 1
-            pending = _empty_chunk()
-
-        batch: list[_Item] = []
-        last: _Item | None = None
+    def embed_partition(self, task: Task, shards: list[Path], pdir: Path) -> Embeddings:
+        """One partition: resume (or start), encode what is missing, load and verify. A corrupt
+        cache file is named in a CacheWarning and the partition is encoded from scratch, once (a
+        second failure, right after a fresh encoding, raises)."""
+        sigs = [_shard_sig(p) for p in shards]
         try:
-            for item in self._items(shards, sigs, touched, crop, next_clip, next_crop, errors):
-                batch.append(item)
-                if len(batch) == bs:
-                    self._encode_batch(batch, batch_index, pending, frames_mode)
-                    batch_index += 1
-                    last = batch[-1]
-                    bar.update(len(batch))
-                    batch = []
-                    if len(pending["keys"]) >= self.chunk_items:
-                        flush(last)
-                        last = None
-            if batch:
-                self._encode_batch(batch, batch_index, pending, frames_mode)
-                batch_index += 1
-                last = batch[-1]
+            return self._resume_encode_load(task, shards, pdir, sigs)
+        except CacheCorruptError as e:
+            warnings.warn(f"{e}; encoding {pdir} again", CacheWarning, stacklevel=2)
+            _reset(pdir)
+            emb = self._resume_encode_load(task, shards, pdir, sigs)
+            emb.repaired = [str(e)]
+            return emb
+
+    def _resume_encode_load(self, task: Task, shards: list[Path], pdir: Path, sigs: list) -> Embeddings:
+        state = self._resume(pdir, sigs)
+        if not state.finished:
+            self._encode(task, shards, pdir, state)
+        return load_partition(pdir)
+
+    def _resume(self, pdir: Path, sigs: list) -> PartitionState:
+        """The saved state when it belongs to these shards (its chunks verified if unfinished), else
+        a fresh one in an emptied directory."""
+        path = pdir / STATE_FILE
+        remove_stale_temps(pdir)  # half-written chunks of a killed run
+        if path.exists():
+            state = PartitionState.read(path)
+            if state.shards == sigs:
+                if not state.finished:
+                    for i, record in enumerate(state.chunks):
+                        read_chunk(_chunk_path(pdir, i), record)
+                return state
+        _reset(pdir)  # new, or its shards changed since
+        return PartitionState(shards=sigs)
+
+    def _encode(self, task: Task, shards: list[Path], pdir: Path, state: PartitionState) -> None:
+        """Encode from the state's position on, writing a chunk (then the state) every
+        `chunk_items` items; mark the state finished at the end."""
+        crop = round(task.crop_length * self.encoder.sampling_rate) if task.crop_length else None
+        keep_frames = task.type == "frame"
+        pending = ChunkBuffer()
+        bar = tqdm(desc=f"encode {task.name}/{pdir.name}", unit="item", disable=not self.progress, leave=False)
+        try:
+            for batch in _batched(self._items(shards, state, crop), task.encode_batch_size):
+                self._encode_batch(batch, state.batch_index, pending, keep_frames)
+                state.batch_index += 1
+                state.advance_past(batch[-1])
                 bar.update(len(batch))
-            flush(last)
+                if len(pending) >= self.chunk_items:
+                    self._flush(pdir, pending, state)
+                    pending = ChunkBuffer()
+            self._flush(pdir, pending, state, finished=True)
         finally:
             bar.close()
-        atomic_write_json(done, {"shards": [sigs[p.name] for p in shards], "errors": errors,
-                                 "chunks": n_chunk})
 
-    def _items(self, shards: list[Path], sigs: dict, touched: dict, crop: int | None,
-               start_clip: int, start_crop: int, errors: list[str]) -> Iterator[_Item]:
+    @staticmethod
+    def _flush(pdir: Path, pending: ChunkBuffer, state: PartitionState, finished: bool = False) -> None:
+        if len(pending):
+            state.chunks.append(write_chunk(_chunk_path(pdir, len(state.chunks)), pending))
+        state.finished = finished
+        state.write(pdir / STATE_FILE)
+
+    def _items(self, shards: list[Path], state: PartitionState, crop: int | None) -> Iterator[_Item]:
+        """The items from the state's position on; undecodable clips go to `state.errors`."""
         sr = self.encoder.sampling_rate
         clip = -1
         for shard in shards:
-            scan = ShardScan()
-            touched[shard.name] = sigs[shard.name]
-            for s in read_audio_shard(shard, scan):  # a corrupt shard raises ShardError here
+            for s in read_audio_shard(shard, ShardScan()):  # a corrupt shard raises ShardError here
                 clip += 1
-                if clip < start_clip:
+                if clip < state.next_clip:
                     continue
                 if s.error is not None:
-                    errors.append(s.error)
+                    state.errors.append(s.error)
                     continue
                 try:
                     wav = s.load(sr)
                 except AudioError as e:
-                    errors.append(str(e))
+                    state.errors.append(str(e))
                     continue
                 pieces = _crops(wav, crop, self.mode)
                 for c, piece in enumerate(pieces):
-                    if clip == start_clip and c < start_crop:
+                    if clip == state.next_clip and c < state.next_crop:
                         continue
                     yield _Item(clip, c, len(pieces), s.key, s.json, piece, shard.name)
 
     @torch.no_grad()
-    def _encode_batch(self, batch: list[_Item], batch_index: int, pending: dict, frames_mode: bool) -> None:
-        wav_BN, lengths_B = pad_batch([it.wav for it in batch])
+    def _encode_batch(self, batch: list[_Item], batch_index: int, pending: ChunkBuffer, keep_frames: bool) -> None:
         if self.mode == "xares":
             # X-ARES: encoder(audio) on the zero-padded batch, lengths discarded (§0 point 1).
-            frames_BTD = self.encoder(wav_BN.to(self.encoder.device)).float().cpu()
-            keep_T = [frames_BTD.shape[1]] * len(batch)
-        else:
+            wav_BN, _ = pad_batch([it.wav for it in batch])
+            frames_BTD = self._forward(wav_BN)
+            per_item = [frames_BTD[i] for i in range(len(batch))]
+        elif isinstance(self.encoder, AudioEncoder):
+            wav_BN, lengths_B = pad_batch([it.wav for it in batch])
             out = self.encoder.encode(wav_BN, lengths=lengths_B)
             frames_BTD, keep_T = out.frames.float().cpu(), out.lengths.cpu().tolist()
+            per_item = [frames_BTD[i, :int(keep_T[i])] for i in range(len(batch))]
+        else:  # forward(audio) only: no lengths to mask padding with, so each item alone
+            per_item = [self._forward(it.wav[None])[0] for it in batch]
         seen: set[int] = set()
-        for i, it in enumerate(batch):
+        for it, x_TD in zip(batch, per_item):
             if self.mode == "xares":
                 # Every crop of one clip in one batch is written under `<clip><batch>`; webdataset
                 # keeps the first and drops the others as duplicates (§0 point 2).
@@ -330,43 +499,8 @@ class EmbeddingCache:
                 key = f"{it.key}{batch_index}"
             else:
                 key = f"{it.key}#{it.crop}"
-            x_TD = frames_BTD[i, :int(keep_T[i])]
-            pending["keys"].append(key)
-            pending["clips"].append(it.key)
-            pending["jsons"].append(it.json)
-            pending["pooled"].append(x_TD.mean(0))
-            if frames_mode:
-                pending["frames"].append(x_TD.clone())
-                pending["lengths"].append(int(x_TD.shape[0]))
+            pending.add(key, it, x_TD, keep_frames)
 
-
-def _empty_chunk() -> dict[str, list]:
-    return {"keys": [], "clips": [], "jsons": [], "pooled": [], "frames": [], "lengths": []}
-
-
-def _safe(part: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in part)
-
-
-def load_partition(pdir: Path) -> Embeddings:
-    """Read a finished partition (frames memory-mapped, so large frame tasks need not fit in RAM)."""
-    done = pdir / "done.json"
-    if not done.exists():
-        raise FileNotFoundError(f"{pdir}: partition not finished (no done.json); run the encoding again")
-    info = json.loads(done.read_text())
-    keys, clips, jsons, pooled, chunks, index = [], [], [], [], [], []
-    for path in sorted(pdir.glob("chunk-*.pt")):
-        d = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-        keys += d["keys"]
-        clips += d["clips"]
-        jsons += d["jsons"]
-        if d["pooled"] is not None:
-            pooled.append(d["pooled"])
-        if d["frames"] is not None:
-            chunks.append(d["frames"])
-            start = 0
-            for n in d["lengths"]:
-                index.append((len(chunks) - 1, start, n))
-                start += n
-    return Embeddings(keys, clips, jsons, torch.cat(pooled) if pooled else None, chunks, index,
-                      info.get("errors", []))
+    def _forward(self, wav_BN: torch.Tensor) -> torch.Tensor:
+        """X-ARES's call: encoder(audio) -> (B, T', D), returned as float32 on the CPU."""
+        return self.encoder(wav_BN.to(encoder_device(self.encoder))).float().cpu()

@@ -9,6 +9,9 @@ sorted union of the values found in all partitions) and then turns JSON objects 
 - events      a list of {"onset", "offset", "label": "A,B"} -> float (T, C) frames (DESED)
 - notes       a list of {"start", "end", "note"} with MIDI notes 21..107 -> float (T, C) (MAESTRO)
 - captions    a dict of captions -> list[str] (Clotho; each caption becomes one item)
+- function    the task's `label_fn` (an X-ARES task module's `label_processor`) gives the target:
+              a class index, a many-hot vector (C,) for clip tasks, or a (C, T) tensor for frame
+              tasks, as X-ARES expects from it
 """
 
 from __future__ import annotations
@@ -38,7 +41,7 @@ class LabelCoder:
         """Build the vocabulary of `task` from every JSON of every partition."""
         if task.label == "captions":
             return cls(task, [])
-        if task.label == "int":
+        if task.label in ("int", "function"):
             return cls(task, [str(i) for i in range(task.num_classes)])
         if task.label == "notes":
             return cls(task, [str(MIDI_LOWEST + i) for i in range(task.num_classes or 87)])
@@ -67,6 +70,8 @@ class LabelCoder:
             if not isinstance(j, dict) or not j:
                 raise _bad(t, where, "a JSON object of captions", j)
             return [str(v) for v in j.values()]
+        if t.label == "function":
+            return self._function_clip_target(j, where)
         value = _field(t, j, where)
         if t.label == "int":
             try:
@@ -103,6 +108,11 @@ class LabelCoder:
         def to_frames(sec: float) -> int:
             return math.ceil(float(sec) / (hop_ms / 1000.0))
 
+        if t.label == "function":
+            target = self._call(j, where)
+            if not (isinstance(target, torch.Tensor) and target.ndim == 2 and target.shape[0] == self.num_classes):
+                raise _bad(t, where, f"the label function to return a ({self.num_classes}, T) tensor", target)
+            return target.float().T.contiguous()
         index = self._index()
         if t.label == "events":
             n_frames = to_frames(t.label_duration_s or max([e["offset"] for e in j] + [0.0]))
@@ -123,6 +133,27 @@ class LabelCoder:
                     raise _bad(t, where, f"event labels among {self.classes}", name)
                 target[to_frames(start):to_frames(end), index[name]] = 1.0
         return target
+
+    def _call(self, j, where: str):
+        try:
+            return self.task.label_fn(j)
+        except Exception as e:  # the task file's own code: any failure is a bad label for this item
+            raise TaskError(f"task {self.task.name!r}{where}: the task file's label function failed on "
+                            f"{str(j)[:200]} ({type(e).__name__}: {e}). Fix the shard's .json or the task "
+                            "file.") from e
+
+    def _function_clip_target(self, j, where: str) -> int | list[float]:
+        """A class index in [0, C), or a many-hot vector of C values (X-ARES's BCE clip tasks)."""
+        target = self._call(j, where)
+        if isinstance(target, torch.Tensor):
+            target = target.item() if target.ndim == 0 else target.tolist()
+        if isinstance(target, int) and not isinstance(target, bool) and 0 <= target < self.num_classes:
+            return target
+        if (isinstance(target, list) and len(target) == self.num_classes
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in target)):
+            return [float(v) for v in target]
+        raise _bad(self.task, where, f"the label function to return a class index in [0, {self.num_classes}) "
+                   f"or {self.num_classes} many-hot values", target)
 
     def _index(self) -> dict[str, int]:
         if not hasattr(self, "_cached_index"):

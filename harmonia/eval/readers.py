@@ -24,16 +24,16 @@ import soundfile as sf
 import torch
 
 from harmonia.audio import AudioError, check_waveform, resample, to_mono
-from harmonia.eval.tasks import Task
+from harmonia.eval.tasks import EvalDataError, Task
 
 AUDIO_EXTS = ("flac", "wav", "mp3", "ogg", "opus", "sox", "m4a", "wma")
 
 
-class DatasetMissingError(FileNotFoundError):
+class DatasetMissingError(EvalDataError, FileNotFoundError):
     """A task's shards are not on disk; the message names the expected files and their source."""
 
 
-class ShardError(ValueError):
+class ShardError(EvalDataError, ValueError):
     """A shard cannot be read as a tar of X-ARES samples."""
 
 

@@ -1,6 +1,7 @@
 """Reports of evaluation runs: results.json / results.md / results.csv and a PNG chart per task for
 one run (`write_run`), and one Table-I-like table and chart over several runs (`combine_runs`).
-All files are written atomically (temp file + rename). Charts use matplotlib's Agg backend.
+All files are written atomically (harmonia.io: a unique temp file, renamed when complete). Charts
+use matplotlib's Agg backend.
 """
 
 from __future__ import annotations
@@ -11,8 +12,8 @@ import json
 import os
 from pathlib import Path
 
-from harmonia.eval.embed import atomic_write_bytes, atomic_write_json
 from harmonia.eval.tasks import BUILTIN_TASKS, TABLE1_TASKS
+from harmonia.io import atomic_write, write_json_atomic, write_text_atomic
 
 
 def _fmt(track: dict | None, digits: int = 3) -> str:
@@ -21,6 +22,10 @@ def _fmt(track: dict | None, digits: int = 3) -> str:
     if track.get("std"):
         return f"{track['mean']:.{digits}f} ± {track['std']:.{digits}f}"
     return f"{track['mean']:.{digits}f}"
+
+
+def _weight(entry: dict) -> str:
+    return "–" if entry.get("weight") is None else str(entry["weight"])
 
 
 def _avg(x: float | None) -> str:
@@ -52,7 +57,7 @@ def run_markdown(results: dict) -> str:
     for name in _ordered(results["tasks"]):
         e = results["tasks"][name]
         status = e["status"] if e["status"] == "ok" else f"{e['status']}: {e.get('error', '')[:120]}"
-        lines.append(f"| {e['formal_name']} | {e['domain']} | {e['metric']} | {e['weight']} | {_fmt(e.get('mlp'))} "
+        lines.append(f"| {e['formal_name']} | {e['domain']} | {e['metric']} | {_weight(e)} | {_fmt(e.get('mlp'))} "
                      f"| {_fmt(e.get('knn'))} | {status} |")
     s = results.get("summary", {})
     lines += ["", f"**Weighted average, all tasks**: MLP {_avg(s.get('mlp_all'))} ({s.get('mlp_all_tasks', 0)} tasks), "
@@ -82,21 +87,21 @@ def run_rows(results: dict) -> list[dict]:
     return rows
 
 
-def _csv(rows: list[dict], fields: list[str]) -> bytes:
+def _csv(rows: list[dict], fields: list[str]) -> str:
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields)
     w.writeheader()
     w.writerows(rows)
-    return buf.getvalue().encode()
+    return buf.getvalue()
 
 
 def write_run(results: dict, out_dir: str | os.PathLike, charts: bool = True) -> list[Path]:
     """Write results.json, results.md, results.csv (and charts/<task>.png) under `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "results.json", results)
-    atomic_write_bytes(out / "results.md", run_markdown(results).encode())
-    atomic_write_bytes(out / "results.csv", _csv(run_rows(results), CSV_FIELDS))
+    write_json_atomic(out / "results.json", results, indent=2, sort_keys=True, default=str)
+    write_text_atomic(out / "results.md", run_markdown(results))
+    write_text_atomic(out / "results.csv", _csv(run_rows(results), CSV_FIELDS))
     written = [out / "results.json", out / "results.md", out / "results.csv"]
     if charts:
         (out / "charts").mkdir(exist_ok=True)
@@ -109,7 +114,8 @@ def write_run(results: dict, out_dir: str | os.PathLike, charts: bool = True) ->
 def _savefig(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
-    atomic_write_bytes(path, buf.getvalue())
+    with atomic_write(path, "wb") as f:
+        f.write(buf.getvalue())
     return path
 
 
@@ -167,7 +173,7 @@ def combine_runs(runs: list[dict], track: str = "mlp") -> tuple[list[str], list[
     rows = []
     for n in names:
         e0 = next(r["tasks"][n] for r in runs if n in r["tasks"])
-        rows.append([e0["formal_name"], e0["domain"], str(e0["weight"])]
+        rows.append([e0["formal_name"], e0["domain"], _weight(e0)]
                     + [_fmt(r["tasks"].get(n, {}).get(track)) if r["tasks"].get(n, {}).get("status") == "ok" else "–"
                        for r in runs])
     for subset in ("table1", "all"):
@@ -190,9 +196,9 @@ def write_combined(run_dirs: list[str | os.PathLike], out_dir: str | os.PathLike
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / "report.md", text.encode())
+        write_text_atomic(out / "report.md", text)
         rows = [row for r in runs for row in run_rows(r)]
-        atomic_write_bytes(out / "report.csv", _csv(rows, CSV_FIELDS))
+        write_text_atomic(out / "report.csv", _csv(rows, CSV_FIELDS))
         combined_chart(runs, out / "report.png")
     return text
 

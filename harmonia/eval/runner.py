@@ -1,9 +1,10 @@
 """One evaluation run: encode (cached), score both tracks per task, aggregate, write reports.
 
 `evaluate(encoder, tasks, data_root, out_dir, mode=..., seeds=...)` returns the results dict that
-`harmonia.eval.report` writes as results.json / .md / .csv and charts. A task that fails (missing
-data, corrupt shard, bad labels) is recorded with its error and the run goes on; results are
-rewritten after every task, so an interrupted run keeps what it finished.
+`harmonia.eval.report` writes as results.json / .md / .csv and charts. A task that fails for bad or
+missing data (`EvalDataError`: missing or corrupt shards, bad labels, a bad task file, a missing
+vocabulary) is recorded with its error and the run goes on; any other exception is a bug and
+raises. Results are rewritten after every task, so an interrupted run keeps what it finished.
 """
 
 from __future__ import annotations
@@ -24,9 +25,9 @@ from harmonia.eval.embed import EmbeddingCache, Embeddings
 from harmonia.eval.knn import DEFAULT_K, DEFAULT_TEMPERATURE, knn_scores
 from harmonia.eval.labels import LabelCoder
 from harmonia.eval.linear_probe import ClipSet, FrameSet, PairSet, train_probe
-from harmonia.eval.readers import DatasetMissingError, ShardError
-from harmonia.eval.tasks import Task, TaskError, resolve_tasks
+from harmonia.eval.tasks import EvalDataError, Task, TaskError, resolve_tasks
 from harmonia.eval.text import VocabMissingError, WordPieceTokenizer, find_bert_vocab
+from harmonia.io import remove_stale_temps
 
 MODE_NOTES = {
     "xares": "X-ARES 0.1.3 protocol: batch-of-N zero padding baked into embeddings (lengths discarded), "
@@ -83,18 +84,26 @@ def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os
         raise ValueError(f"mode must be one of {sorted(MODE_NOTES)}, found {mode!r}")
     if seeds < 1:
         raise ValueError(f"seeds must be >= 1, found {seeds}")
+    names = [t for t in tasks if not isinstance(t, Task)]
+    task_list = [t for t in tasks if isinstance(t, Task)] + (resolve_tasks(names, encoder) if names else [])
+    model_name = model_name or type(encoder).__name__
     layout = None
     if fusionlib.check_fusion(fusion) != "concat":
         encoder = fusionlib.StackedStatesEncoder(encoder)  # caches every hidden state (its own cache key)
         layout = encoder.layout
-    names = [t for t in tasks if not isinstance(t, Task)]
-    task_list = [t for t in tasks if isinstance(t, Task)] + (resolve_tasks(names) if names else [])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    cache = EmbeddingCache(cache_dir or Path(data_root) / ".harmonia_cache", encoder, mode=mode, progress=progress)
+    remove_stale_temps(out_dir)
+    cache_root = Path(cache_dir) if cache_dir else Path(data_root) / ".harmonia_cache"
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise type(e)(f"cannot create the embedding cache in {cache_root} ({e.strerror}); "
+                      f"pass --cache-dir (cache_dir=) a writable directory") from e
+    cache = EmbeddingCache(cache_root, encoder, mode=mode, progress=progress)
     seed_list = [42] if mode == "xares" else list(range(seeds))
     results = {
-        "model": model_name or type(encoder).__name__,
+        "model": model_name,
         "mode": mode,
         "mode_notes": MODE_NOTES[mode],
         "fusion": fusion,
@@ -111,12 +120,15 @@ def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os
     for task in task_list:
         t0 = time.perf_counter()
         try:
-            entry = _evaluate_task(task, cache, data_root, mode, seed_list, fusion, layout)
-        except (DatasetMissingError, ShardError, TaskError, VocabMissingError, FileNotFoundError, ValueError) as e:
+            if task.extra.get("disabled"):
+                entry = {"status": "disabled", "error": "disabled in its task file (X-ARES `disabled=True`)"}
+            else:
+                entry = _evaluate_task(task, cache, data_root, mode, seed_list, fusion, layout)
+        except EvalDataError as e:
             status = "skipped" if isinstance(e, VocabMissingError) else "failed"
             entry = {"status": status, "error": str(e)}
             print(f"[harmonia evaluate] {task.name}: {status}: {e}")
-        entry.update(_task_header(task))
+        entry = {**_task_header(task), **entry}
         entry["seconds"] = round(time.perf_counter() - t0, 2)
         results["tasks"][task.name] = entry
         results["summary"] = summarise(results["tasks"])
@@ -135,6 +147,16 @@ def _task_header(task: Task) -> dict:
     return {"name": task.name, "formal_name": task.formal_name, "domain": task.domain, "type": task.type,
             "metric": task.metric, "weight": task.weight, "table1": task.table1,
             "folds": len(task.folds) if task.folds else None, "task": task.to_dict()}
+
+
+def task_weight(task: Task, embs: dict[str, Embeddings]) -> tuple[int, str]:
+    """The task's weight in the averages and where it came from: the task's own `weight`, else the
+    X-ARES rule (clips in the test split, for k-fold tasks the mean over folds, capped at 2000)."""
+    if task.weight is not None:
+        return task.weight, "task"
+    tests = sorted({test for _, _, test in task.rounds()})
+    clips = sum(len(set(embs[p].clips)) for p in tests) / len(tests)
+    return min(2000, round(clips)), "default: test-split clips (mean over folds), capped at 2000"
 
 
 def summarise(tasks: dict) -> dict:
@@ -161,9 +183,11 @@ def _evaluate_task(task: Task, cache: EmbeddingCache, data_root, mode: str, seed
     all_jsons = [j for e in embs.values() for j in e.jsons]
     coder = LabelCoder.fit(task, all_jsons)
     sets = {p: _probe_set(task, coder, e, hop, tokenizer, p) for p, e in embs.items()}
+    weight, weight_source = task_weight(task, embs)
     entry: dict = {"status": "ok", "partitions": {p: {"items": len(e), "clips": len(set(e.clips)),
                                                      "failed_items": e.errors} for p, e in embs.items()},
-                   "num_classes": coder.num_classes, "notes": []}
+                   "num_classes": coder.num_classes, "weight": weight, "weight_source": weight_source,
+                   "notes": [f"corrupt cache file encoded again: {r}" for e in embs.values() for r in e.repaired]}
     # ---- linear probe
     per_seed, folds, curves, learned = [], [], [], []
     for seed in seeds:
@@ -217,7 +241,8 @@ def _probe_set(task: Task, coder: LabelCoder, e: Embeddings, hop: float, tokeniz
             raise TaskError(f"task {task.name!r}: every clip needs the same number of captions, found {sorted(counts)}")
         return PairSet(torch.stack(audio), tokens, counts.pop())
     targets = [coder.clip_target(j, where(i)) for i, j in enumerate(e.jsons)]
-    y = torch.tensor(targets, dtype=torch.float32 if task.label == "multilabel" else torch.long)
+    many_hot = task.label == "multilabel" or isinstance(targets[0], list)  # label functions may give either
+    y = torch.tensor(targets, dtype=torch.float32 if many_hot else torch.long)
     return ClipSet(e.pooled, y)
 
 

@@ -8,29 +8,77 @@ A task says where its shards are (`partitions()`: partition name -> shard glob u
 `batch_size`). Label vocabularies that X-ARES hard-codes as long dicts (FSC's 248 transcriptions,
 FSD50k's 200 events, ...) are built from the data instead: the sorted union of the values found in
 all partitions (`harmonia.eval.labels`); the class index order only permutes the probe's output rows.
+
+Task files: JSON (`Task`'s fields; every field's type and range is checked and an error names the
+file and the field), a Python file defining `TASK`, or an X-ARES 0.1.3 task module used as it is
+(`<name>_config(encoder) -> TaskConfig`, executed with stand-ins for `xares.task` and `loguru`, see
+`harmonia.eval.xares_compat`; its `label_processor` becomes the task's `label_fn`). Python task
+files are code and run as such, as in X-ARES: only pass files you trust. A task without `weight`
+gets the X-ARES rule applied to its data (test-split clips, capped at 2000).
 """
 
 from __future__ import annotations
 
 import difflib
-import importlib.util
 import json
+import math
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Literal
 
+from harmonia.eval.xares_compat import TaskConfig, config_functions, exec_task_module
+
 TaskType = Literal["clip", "frame", "contrastive"]
-LabelKind = Literal["class", "int", "multilabel", "events", "notes", "captions"]
+LabelKind = Literal["class", "int", "multilabel", "events", "notes", "captions", "function"]
 Metric = Literal["accuracy", "mAP", "segmentf1_macro", "segmentf1_micro", "recallatk_r1"]
 
 _METRICS = ("accuracy", "mAP", "segmentf1_macro", "segmentf1_micro", "recallatk_r1")
-_LABEL_KINDS = ("class", "int", "multilabel", "events", "notes", "captions")
+_LABEL_KINDS = ("class", "int", "multilabel", "events", "notes", "captions", "function")
 _TYPES = ("clip", "frame", "contrastive")
 
 
-class TaskError(ValueError):
+class EvalDataError(Exception):
+    """Bad or missing data for one task (its shards, labels, task file, vocabulary or cache): the
+    task is recorded as failed and the evaluation goes on. Any other exception is a bug and raises."""
+
+
+class TaskError(EvalDataError, ValueError):
     """A task name or task file is unknown or inconsistent; the message says what to fix."""
+
+
+def _whole(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+_STR = ("a string", lambda v: isinstance(v, str))
+_BOOL = ("true or false", lambda v: isinstance(v, bool))
+_POS_INT = ("a whole number >= 1", lambda v: _whole(v) and v >= 1)
+_NONNEG_INT = ("a whole number >= 0", lambda v: _whole(v) and v >= 0)
+_POS_NUM = ("a number > 0", lambda v: _number(v) and v > 0)
+_SECONDS = ("a number of seconds > 0", lambda v: _number(v) and v > 0)
+_STRS = ("a list of strings", lambda v: isinstance(v, tuple) and all(isinstance(x, str) for x in v))
+_GLOBS = ("an object of partition: shard glob strings",
+          lambda v: isinstance(v, tuple) and all(isinstance(p, tuple) and len(p) == 2
+                                                 and all(isinstance(x, str) for x in p) for p in v))
+# field -> ((what it must be, check), None allowed)
+_FIELD_RULES = {
+    "name": (_STR, False), "formal_name": (_STR, False), "domain": (_STR, False), "type": (_STR, False),
+    "label": (_STR, False), "label_key": (_STR, True), "num_classes": (_POS_INT, True),
+    "classes": (_STRS, True), "metric": (_STR, False), "weight": (_NONNEG_INT, True),
+    "train_split": (_STR, True), "valid_split": (_STR, True), "test_split": (_STR, True),
+    "folds": (_STRS, True), "fold_pattern": (_STR, False), "knn": (_BOOL, False),
+    "crop_length": (_SECONDS, True), "encode_batch_size": (_POS_INT, False), "epochs": (_POS_INT, False),
+    "batch_size": (_POS_INT, False), "learning_rate": (_POS_NUM, False), "segment_length_s": (_SECONDS, True),
+    "label_duration_s": (_SECONDS, True), "pos_weight": (_POS_NUM, True), "zenodo_id": (_STR, True),
+    "table1": (_BOOL, False), "shard_globs": (_GLOBS, True),
+    "label_fn": (("a function", callable), True), "extra": (("an object", lambda v: isinstance(v, dict)), False),
+}
 
 
 @dataclass(frozen=True)
@@ -46,7 +94,9 @@ class Task:
     num_classes: int | None = None  # output size; None = size of the vocabulary found in the data
     classes: tuple[str, ...] | None = None  # explicit class order; None = sorted values from the data
     metric: Metric = "accuracy"
-    weight: int = 0  # X-ARES eval_weight (test-set size capped at 2000, see §0 point 6)
+    # X-ARES eval_weight (test-set size capped at 2000, see §0 point 6); None: that rule applied to
+    # the data (clips in the test split, for k-fold the mean clips per fold, capped at 2000)
+    weight: int | None = None
     # Either three split names (shards `<split>*.tar`) ...
     train_split: str | None = "train"
     valid_split: str | None = "valid"
@@ -65,13 +115,23 @@ class Task:
     pos_weight: float | None = None  # BCE positive weight (MAESTRO: 10)
     zenodo_id: str | None = None
     table1: bool = False  # one of the 18 tasks of the paper's Table I
+    # explicit partition -> shard glob (X-ARES `audio_tar_name_of_split`), overriding the defaults
+    shard_globs: tuple[tuple[str, str], ...] | None = None
+    # label "function": the target of a sample's JSON (an X-ARES task module's `label_processor`)
+    label_fn: Callable | None = field(default=None, compare=False, repr=False)
     extra: dict = field(default_factory=dict, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         def bad(what: str) -> TaskError:
             return TaskError(f"task {self.name!r}: {what}")
 
-        if not self.name or "/" in self.name:
+        for f in fields(self):
+            (expected, ok), optional = _FIELD_RULES[f.name]
+            value = getattr(self, f.name)
+            if not (ok(value) or (optional and value is None)):
+                raise bad(f"field `{f.name}` must be {expected}{' or null' if optional else ''}, "
+                          f"found {value!r} ({type(value).__name__})")
+        if not self.name or "/" in self.name or "\\" in self.name or self.name in (".", ".."):
             raise bad("`name` must be a non-empty directory name without '/'")
         if self.type not in _TYPES:
             raise bad(f"`type` must be one of {_TYPES}, found {self.type!r}")
@@ -79,11 +139,13 @@ class Task:
             raise bad(f"`label` must be one of {_LABEL_KINDS}, found {self.label!r}")
         if self.metric not in _METRICS:
             raise bad(f"`metric` must be one of {_METRICS}, found {self.metric!r}")
+        if (self.label == "function") != (self.label_fn is not None):
+            raise bad("label 'function' (and only it) takes a `label_fn`: it comes from X-ARES task modules")
         if self.label in ("class", "int", "multilabel") and not self.label_key:
             raise bad(f"label {self.label!r} reads one JSON field: set `label_key` (e.g. \"label\")")
-        if self.label == "int" and not self.num_classes:
-            raise bad("label 'int' needs `num_classes` (targets must lie in 0..num_classes-1)")
-        if self.type == "frame" and self.label not in ("events", "notes"):
+        if self.label in ("int", "function") and not self.num_classes:
+            raise bad(f"label {self.label!r} needs `num_classes` (targets must lie in 0..num_classes-1)")
+        if self.type == "frame" and self.label not in ("events", "notes", "function"):
             raise bad(f"frame tasks need label 'events' or 'notes', found {self.label!r}")
         if self.type == "contrastive" and (self.label != "captions" or self.metric != "recallatk_r1"):
             raise bad("contrastive tasks need label 'captions' and metric 'recallatk_r1'")
@@ -97,24 +159,31 @@ class Task:
         else:
             if len(self.folds) < 2:
                 raise bad(f"k-fold needs at least 2 folds, found {list(self.folds)}")
-            if "{k" not in self.fold_pattern:
+            if self.shard_globs is None and "{k" not in self.fold_pattern:
                 raise bad(f"`fold_pattern` must contain {{k}} (e.g. 'fold_{{k}}_*.tar'), found {self.fold_pattern!r}")
-        for name in ("epochs", "batch_size", "encode_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise bad(f"`{name}` must be >= 1, found {getattr(self, name)}")
-        if self.weight < 0:
-            raise bad(f"`weight` must be >= 0, found {self.weight}")
+        if self.shard_globs is not None:
+            missing = sorted(set(self._partition_names()) - {p for p, _ in self.shard_globs})
+            if missing:
+                raise bad(f"`shard_globs` has no shard pattern for partitions {missing}")
 
     # ----------------------------------------------------------------------------------------------
     def partitions(self) -> dict[str, str]:
         """Partition name -> shard glob (relative to `<data_root>/<name>/`), in a stable order.
         A split used twice (DESED's valid = test) is one partition."""
+        if self.shard_globs is not None:
+            globs = dict(self.shard_globs)
+            return {p: globs[p] for p in self._partition_names()}
         if self.folds is not None:
             return {str(k): self.fold_pattern.format(k=_fold_value(k)) for k in self.folds}
         out: dict[str, str] = {}
         for split in (self.train_split, self.valid_split, self.test_split):
             out.setdefault(split, f"{split}*.tar")
         return out
+
+    def _partition_names(self) -> list[str]:
+        if self.folds is not None:
+            return list(self.folds)
+        return list(dict.fromkeys((self.train_split, self.valid_split, self.test_split)))
 
     def rounds(self) -> list[tuple[list[str], str, str]]:
         """The (train partitions, valid partition, test partition) of each scoring round: one for
@@ -129,10 +198,14 @@ class Task:
         return f"https://zenodo.org/records/{self.zenodo_id}" if self.zenodo_id else None
 
     def to_dict(self) -> dict:
+        """The task's fields as plain JSON values (a `label_fn` is not JSON: it is left out)."""
         d = asdict(self)
+        d.pop("label_fn")
         for k in ("folds", "classes"):
             if d[k] is not None:
                 d[k] = list(d[k])
+        if d["shard_globs"] is not None:
+            d["shard_globs"] = dict(d["shard_globs"])
         return d
 
 
@@ -232,11 +305,13 @@ _ALIASES = {"table1": TABLE1_TASKS, "all": tuple(BUILTIN_TASKS)}
 # Custom tasks
 
 
-def load_task_file(path: str | os.PathLike) -> Task:
-    """Read a custom task from a JSON file (an object with `Task`'s fields) or a Python file that
-    defines `TASK` (a `Task` or such a dict).
+def load_task_file(path: str | os.PathLike, encoder=None) -> Task:
+    """Read a custom task from a JSON file (an object with `Task`'s fields), a Python file that
+    defines `TASK` (a `Task` or such a dict), or an X-ARES 0.1.3 task module (a `<name>_config(encoder)
+    -> TaskConfig` function; run without xares installed, see `harmonia.eval.xares_compat`).
+    `encoder` is what X-ARES passes to the config function (frame tasks read its `hop_size_in_ms`).
 
-    Example JSON::
+    Example JSON (`weight` defaults to the X-ARES rule: test-split clips, capped at 2000)::
 
         {"name": "mybirds", "formal_name": "My Birds", "domain": "sound", "label_key": "species",
          "metric": "accuracy", "weight": 500, "folds": [0, 1, 2], "fold_pattern": "fold{k}.tar",
@@ -247,52 +322,122 @@ def load_task_file(path: str | os.PathLike) -> Task:
         raise TaskError(f"{path}: no such task file; expected a .json or .py file describing a task")
     if path.suffix == ".json":
         try:
-            spec = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
+            spec = json.loads(path.read_text(encoding="utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise TaskError(f"{path}: not valid JSON ({e}); expected an object with the task's fields") from e
-    elif path.suffix == ".py":
-        module_spec = importlib.util.spec_from_file_location(f"harmonia_task_{path.stem}", path)
-        module = importlib.util.module_from_spec(module_spec)
-        module_spec.loader.exec_module(module)
-        if not hasattr(module, "TASK"):
-            raise TaskError(f"{path}: a Python task file must define TASK (a harmonia.eval.Task or a dict)")
-        spec = module.TASK
-        if isinstance(spec, Task):
-            return spec
-    else:
+        return task_from_dict(spec, source=str(path))
+    if path.suffix != ".py":
         raise TaskError(f"{path}: expected a .json or .py task file, found suffix {path.suffix!r}")
-    return task_from_dict(spec, source=str(path))
+    try:
+        module = exec_task_module(path)
+    except Exception as e:  # the file's own code: any failure means a bad task file
+        raise TaskError(f"{path}: the task file failed to run ({type(e).__name__}: {e})") from e
+    if hasattr(module, "TASK"):
+        return module.TASK if isinstance(module.TASK, Task) else task_from_dict(module.TASK, source=str(path))
+    functions = config_functions(module)
+    if len(functions) != 1:
+        raise TaskError(f"{path}: expected TASK (a harmonia task) or exactly one X-ARES `<name>_config(encoder)` "
+                        f"function, found {sorted(functions) or 'neither'}")
+    (fname, fn), = functions.items()
+    try:
+        config = fn(encoder)
+    except Exception as e:  # the file's own code
+        raise TaskError(f"{path}: {fname}(encoder) failed ({type(e).__name__}: {e})") from e
+    return task_from_xares_config(config, source=f"{path}:{fname}")
+
+
+_XARES_CRITERIA = {"clip": ("CrossEntropyLoss", "BCEWithLogitsLoss"), "frame": ("BCEWithLogitsLoss",),
+                   "contrastive": ("AudioTextContrastiveLoss",)}
+
+
+def task_from_xares_config(cfg: TaskConfig, source: str = "<TaskConfig>") -> Task:
+    """The `Task` an X-ARES `TaskConfig` describes: splits or folds with their shard globs, crop
+    length, `label_processor` (label "function"), `eval_weight`, epochs, batch sizes, lr, metric."""
+    def bad(what: str) -> TaskError:
+        return TaskError(f"{source}: {what}")
+
+    if not isinstance(cfg, TaskConfig):
+        raise bad(f"the config function must return a TaskConfig, found {type(cfg).__name__}")
+    if cfg.task_type not in _XARES_CRITERIA:
+        raise bad(f"task_type {cfg.task_type!r} is not supported (harmonia scores clip, frame and contrastive "
+                  "tasks; X-ARES's ASR task needs a language-model decoder)")
+    criterion = cfg.criterion if isinstance(cfg.criterion, str) else type(cfg.criterion).__name__
+    if criterion not in _XARES_CRITERIA[cfg.task_type]:
+        raise bad(f"criterion {criterion!r} is not supported for {cfg.task_type} tasks "
+                  f"(supported: {_XARES_CRITERIA[cfg.task_type]})")
+    pos_weight = getattr(cfg.criterion, "pos_weight", None)
+    if cfg.task_type == "contrastive":
+        label, label_fn = "captions", None  # Clotho: one item per caption of the sample's JSON
+    elif cfg.label_processor is None:
+        raise bad("`label_processor` is not set: it turns a sample's JSON into the target")
+    else:
+        label, label_fn = "function", cfg.label_processor
+    names = dict(cfg.audio_tar_name_of_split)
+    if cfg.k_fold_splits is not None:
+        parts = {"folds": tuple(str(k) for k in cfg.k_fold_splits),
+                 "shard_globs": tuple((str(k), names.get(k)) for k in cfg.k_fold_splits)}
+    else:
+        splits = dict.fromkeys((cfg.train_split, cfg.valid_split, cfg.test_split))
+        parts = {"train_split": cfg.train_split, "valid_split": cfg.valid_split, "test_split": cfg.test_split,
+                 "shard_globs": tuple((s, names.get(s)) for s in splits)}
+    builtin = BUILTIN_TASKS.get(cfg.name)
+    try:
+        return Task(
+            cfg.name, cfg.formal_name, builtin.domain if builtin else "custom", type=cfg.task_type, label=label,
+            label_fn=label_fn, num_classes=cfg.output_dim, metric=cfg.metric, weight=cfg.eval_weight,
+            knn=bool(cfg.do_knn) and cfg.task_type == "clip", crop_length=cfg.crop_length,
+            encode_batch_size=cfg.batch_size_encode, epochs=cfg.epochs, batch_size=cfg.batch_size_train,
+            learning_rate=cfg.learning_rate, segment_length_s=cfg.metric_args.get("segment_length_in_s"),
+            pos_weight=float(pos_weight) if pos_weight is not None else None, zenodo_id=cfg.zenodo_id,
+            table1=builtin.table1 if builtin else False, **parts,
+            extra={"source": source, "format": "X-ARES 0.1.3 task module", "disabled": bool(cfg.disabled),
+                   "private": bool(cfg.private), "batch_size_valid": cfg.batch_size_valid, "seed": cfg.seed})
+    except TaskError as e:
+        raise bad(str(e)) from None
 
 
 def task_from_dict(spec: dict, source: str = "<dict>") -> Task:
-    """Build a `Task` from a plain dict, with an error naming unknown fields and close matches."""
+    """Build a `Task` from a plain dict (a JSON task file): every field is checked, and an error
+    names the file, the field, what it must be and what was found (close matches for typos)."""
     if not isinstance(spec, dict):
         raise TaskError(f"{source}: expected an object of task fields, found {type(spec).__name__}")
-    known = {f.name for f in fields(Task)}
+    known = {f.name for f in fields(Task)} - {"label_fn"}
     unknown = sorted(set(spec) - known)
     if unknown:
         hints = [f"{u} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(u, known, 1)) else u
                  for u in unknown]
         raise TaskError(f"{source}: unknown task fields {hints}; known fields: {sorted(known)}")
+    if "name" not in spec:
+        raise TaskError(f"{source}: the task has no `name` (the directory of its shards under the data root)")
     spec = dict(spec)
-    spec.setdefault("formal_name", spec.get("name", ""))
+    spec.setdefault("formal_name", spec["name"])
     spec.setdefault("domain", "custom")
-    for k in ("folds", "classes"):
-        if spec.get(k) is not None:
-            spec[k] = tuple(str(v) for v in spec[k])
+    for k, kinds in (("folds", (str, int)), ("classes", (str,))):
+        v = spec.get(k)
+        if v is not None:
+            if not isinstance(v, list) or not all(isinstance(x, kinds) and not isinstance(x, bool) for x in v):
+                what = "strings or whole numbers" if k == "folds" else "strings"
+                raise TaskError(f"{source}: field `{k}` must be a list of {what}, found {v!r}")
+            spec[k] = tuple(str(x) for x in v)
+    globs = spec.get("shard_globs")
+    if globs is not None:
+        if not isinstance(globs, dict):
+            raise TaskError(f"{source}: field `shard_globs` must be an object of partition: shard glob, found {globs!r}")
+        spec["shard_globs"] = tuple((str(p), g) for p, g in globs.items())
     try:
         return Task(**spec)
-    except TypeError as e:
-        raise TaskError(f"{source}: {e}; required fields: name") from e
+    except TaskError as e:
+        raise TaskError(f"{source}: {e}") from None
 
 
-def get_task(name_or_path: str | os.PathLike | Task) -> Task:
-    """A built-in task by `name` or formal name (case-insensitive), or a custom task file."""
+def get_task(name_or_path: str | os.PathLike | Task, encoder=None) -> Task:
+    """A built-in task by `name` or formal name (case-insensitive), or a custom task file
+    (`encoder` is passed to X-ARES task modules)."""
     if isinstance(name_or_path, Task):
         return name_or_path
     s = str(name_or_path)
     if s.endswith((".json", ".py")) or Path(s).is_file():
-        return load_task_file(s)
+        return load_task_file(s, encoder)
     by_lower = {n.lower(): t for n, t in BUILTIN_TASKS.items()}
     by_lower.update({t.formal_name.lower(): t for t in BUILTIN_TASKS.values()})
     if s.lower() in by_lower:
@@ -303,8 +448,9 @@ def get_task(name_or_path: str | os.PathLike | Task) -> Task:
                     "or pass a custom task file (.json/.py).")
 
 
-def resolve_tasks(items: list[str] | tuple[str, ...]) -> list[Task]:
-    """Expand names, groups (`table1`, `all`), comma lists and task files into unique tasks."""
+def resolve_tasks(items: list[str] | tuple[str, ...], encoder=None) -> list[Task]:
+    """Expand names, groups (`table1`, `all`), comma lists and task files into unique tasks
+    (`encoder` is passed to X-ARES task modules)."""
     out: dict[str, Task] = {}
     for item in items:
         for part in str(item).split(","):
@@ -312,7 +458,7 @@ def resolve_tasks(items: list[str] | tuple[str, ...]) -> list[Task]:
             if not part:
                 continue
             for name in _ALIASES.get(part.lower(), (part,)):
-                task = get_task(name)
+                task = get_task(name, encoder)
                 if task.name in out and out[task.name] != task:
                     raise TaskError(f"two different tasks are named {task.name!r}; rename the custom one")
                 out[task.name] = task

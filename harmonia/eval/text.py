@@ -12,10 +12,12 @@ import os
 import unicodedata
 from pathlib import Path
 
+from harmonia.eval.tasks import EvalDataError
+
 VOCAB_ENV = "HARMONIA_BERT_VOCAB"
 
 
-class VocabMissingError(FileNotFoundError):
+class VocabMissingError(EvalDataError, FileNotFoundError):
     """The bert-base-uncased vocabulary is not available offline."""
 
 

@@ -95,3 +95,25 @@ def data_root(tmp_path: Path) -> Path:
     write_shard(root / "toneevents" / "ev_train_000000.tar", event_samples("tr", 8, 20))
     write_shard(root / "toneevents" / "ev_test_000000.tar", event_samples("te", 4, 21))
     return root
+
+
+def knn_accuracy_numpy(train_x, train_y, test_x, test_y, mode: str, k: int = 10, temperature: float = 0.07) -> float:
+    """kNN accuracy computed independently of harmonia (float64 numpy, one test item at a time):
+    xares: X-ARES 0.1.3's KNN (training matrix L2-normalised per feature dimension over the
+    training set, test rows per item); clean: cosine similarity. Top-k, softmax(sim / T) vote."""
+    train = np.asarray(train_x, dtype=np.float64)
+    test = np.asarray(test_x, dtype=np.float64)
+    if mode == "xares":
+        train = train / np.linalg.norm(train, axis=0, keepdims=True)
+    else:
+        train = train / np.linalg.norm(train, axis=1, keepdims=True)
+    labels = np.asarray(train_y)
+    correct = 0
+    for x, y in zip(test, np.asarray(test_y)):
+        sims = train @ (x / np.linalg.norm(x))
+        top = np.argsort(-sims, kind="stable")[: min(k, len(sims))]
+        w = np.exp((sims[top] - sims[top].max()) / temperature)
+        votes = np.zeros(labels.max() + 1)
+        np.add.at(votes, labels[top], w / w.sum())
+        correct += int(votes.argmax() == y)
+    return correct / len(test)

@@ -1,14 +1,16 @@
 """Readers, the embedding cache (fingerprints, resume, xares vs clean encoding) and error paths."""
 
 import io
+import json
 import math
+import pathlib
 import tarfile
 
 import pytest
 import torch
 from conftest import TONE_TASK, tone, write_shard
 
-from harmonia.eval.embed import EmbeddingCache, encoder_fingerprint
+from harmonia.eval.embed import CacheWarning, EmbeddingCache, encoder_fingerprint
 from harmonia.eval.readers import DatasetMissingError, ShardError, iter_tar_members, split_member_name
 from harmonia.eval.tasks import BUILTIN_TASKS, Task
 
@@ -112,7 +114,8 @@ def test_interrupted_encoding_resumes_after_the_last_chunk(data_root, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         cache.embed_task(task, data_root)
     pdir = cache.task_dir(task) / "tones_train"
-    assert len(list(pdir.glob("chunk-*.pt"))) == 3 and not (pdir / "done.json").exists()
+    assert len(list(pdir.glob("chunk-*.safetensors"))) == 3
+    assert not json.loads((pdir / "state.json").read_text())["finished"]
     enc._encode = original
     enc.calls = 0
     resumed = cache.embed_task(task, data_root)
@@ -130,8 +133,8 @@ def test_corrupt_shard_is_named_and_finished_partitions_are_kept(data_root, tmp_
     cache = EmbeddingCache(tmp_path / "c", _enc(), progress=False)
     with pytest.raises(ShardError, match="tones_test_000000.tar"):
         cache.embed_task(TONE_TASK, data_root)
-    assert (cache.task_dir(TONE_TASK) / "tones_train" / "done.json").exists()
-    assert (cache.task_dir(TONE_TASK) / "tones_valid" / "done.json").exists()
+    assert _finished(cache.task_dir(TONE_TASK) / "tones_train")
+    assert _finished(cache.task_dir(TONE_TASK) / "tones_valid")
 
 
 def test_undecodable_items_are_reported_and_skipped(tmp_path):
@@ -144,3 +147,90 @@ def test_undecodable_items_are_reported_and_skipped(tmp_path):
     out = EmbeddingCache(tmp_path / "c", _enc(), progress=False).embed_task(CROP_TASK, tmp_path / "env")
     assert out["c_train"].clips == ["a", "a"]  # two 0.1 s crops of a; b failed
     assert len(out["c_train"].errors) == 1 and "c_train_0.tar:b" in out["c_train"].errors[0]
+
+
+def _finished(pdir) -> bool:
+    return json.loads((pdir / "state.json").read_text())["finished"] is True
+
+
+class _Payload:
+    """Unpickling this touches a marker file: proof that a pickle was executed."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (pathlib.Path.touch, (self.marker,))
+
+
+def _encoded(tmp_path, data_root, name="c"):
+    cache = EmbeddingCache(tmp_path / name, _enc(), chunk_items=4, progress=False)
+    return cache, cache.embed_task(TONE_TASK, data_root)
+
+
+CORRUPTIONS = {
+    "truncated": lambda p, tmp: p.write_bytes(p.read_bytes()[: p.stat().st_size // 2]),
+    "random": lambda p, tmp: p.write_bytes(bytes(range(256)) * 8),
+    "empty": lambda p, tmp: p.write_bytes(b""),
+    "missing": lambda p, tmp: p.unlink(),
+    "pickle": lambda p, tmp: torch.save({"pooled": _Payload(tmp / "PWNED")}, p),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(CORRUPTIONS))
+def test_corrupt_chunk_is_named_and_its_partition_encoded_again(data_root, tmp_path, kind):
+    cache, first = _encoded(tmp_path, data_root)
+    pdir = cache.task_dir(TONE_TASK) / "tones_train"
+    bad = pdir / "chunk-00001.safetensors"
+    CORRUPTIONS[kind](bad, tmp_path)
+    enc = _enc()
+    with pytest.warns(CacheWarning, match="chunk-00001.safetensors"):
+        again = EmbeddingCache(tmp_path / "c", enc, chunk_items=4, progress=False).embed_task(TONE_TASK, data_root)
+    assert not (tmp_path / "PWNED").exists()  # the pickle was never executed
+    assert enc.calls == 2  # only tones_train (18 clips: 2 batches of up to 16) was encoded again
+    assert again["tones_train"].keys == first["tones_train"].keys
+    assert torch.equal(again["tones_train"].pooled, first["tones_train"].pooled)
+    assert "chunk-00001.safetensors" in again["tones_train"].repaired[0]
+    assert again["tones_test"].repaired == []
+
+
+BAD_STATES = [b"", b"{not json", b"\xff\xfe", b'{"shards": 3}', b'{"shards": [], "errors": [1]}',
+              b'{"shards": [], "chunks": [{"size": "x"}]}']
+
+
+@pytest.mark.parametrize("content", BAD_STATES)
+def test_corrupt_state_file_is_named_and_its_partition_encoded_again(data_root, tmp_path, content):
+    cache, first = _encoded(tmp_path, data_root)
+    state = cache.task_dir(TONE_TASK) / "tones_valid" / "state.json"
+    state.write_bytes(content)
+    with pytest.warns(CacheWarning, match="tones_valid/state.json"):
+        again = cache.embed_task(TONE_TASK, data_root)
+    assert torch.equal(again["tones_valid"].pooled, first["tones_valid"].pooled)
+    assert _finished(state.parent)
+
+
+def test_a_pickle_planted_in_an_unfinished_partition_is_never_executed(data_root, tmp_path):
+    cache, _ = _encoded(tmp_path, data_root)
+    pdir = cache.task_dir(TONE_TASK) / "tones_train"
+    state = json.loads((pdir / "state.json").read_text())
+    state["finished"] = False
+    (pdir / "state.json").write_text(json.dumps(state))
+    torch.save({"x": _Payload(tmp_path / "PWNED")}, pdir / "chunk-00000.safetensors")
+    with pytest.warns(CacheWarning, match="chunk-00000.safetensors"):
+        cache.embed_task(TONE_TASK, data_root)
+    assert not (tmp_path / "PWNED").exists()
+
+
+def test_the_package_never_unpickles_with_weights_only_false():
+    root = pathlib.Path(__file__).resolve().parents[2] / "harmonia"
+    offenders = [str(p) for p in root.rglob("*.py") if "weights_only=False" in p.read_text()]
+    assert offenders == []
+
+
+def test_temp_files_of_a_killed_writer_are_removed_on_resume(data_root, tmp_path):
+    cache, _ = _encoded(tmp_path, data_root)
+    pdir = cache.task_dir(TONE_TASK) / "tones_train"
+    stale = pdir / ".chunk-00002.safetensors.harmonia-tmp-999999999-abcd"  # pid 999999999 does not run
+    stale.write_bytes(b"half a chunk")
+    cache.embed_task(TONE_TASK, data_root)
+    assert not stale.exists()

@@ -1,14 +1,31 @@
 """End to end: `harmonia evaluate` in both modes on the tiny datasets, reports, `harmonia report`."""
 
 import json
+import math
 
+import numpy as np
 import pytest
-from conftest import EVENT_TASK, FOLD_TASK, TONE_TASK, tone, write_shard
+from conftest import EVENT_TASK, FOLD_TASK, TONE_TASK, knn_accuracy_numpy, tone, write_shard
 
 from harmonia.cli import main
-from harmonia.eval.runner import evaluate
+from harmonia.eval.embed import EmbeddingCache
+from harmonia.eval.runner import evaluate, load_encoder_source
 
 ENCODER_FILE = "tests/eval/eval_test_encoder.py"
+
+
+def expected_knn(encoder, task, data_root, mode) -> list[float]:
+    """Per scoring round, the kNN accuracy computed with numpy from the cached embeddings (read
+    back through the cache: nothing is encoded again) and the raw JSON labels."""
+    embs = EmbeddingCache(data_root / ".harmonia_cache", encoder, mode=mode, progress=False).embed_task(task, data_root)
+    names = sorted({j[task.label_key] for e in embs.values() for j in e.jsons})
+    label = lambda e: [names.index(j[task.label_key]) for j in e.jsons]
+    out = []
+    for train_parts, _, test in task.rounds():
+        tx = np.concatenate([embs[p].pooled.numpy() for p in train_parts])
+        ty = [y for p in train_parts for y in label(embs[p])]
+        out.append(knn_accuracy_numpy(tx, ty, embs[test].pooled.numpy(), label(embs[test]), mode))
+    return out
 
 
 def _task_files(tmp_path):
@@ -26,7 +43,8 @@ def _task_files(tmp_path):
 def test_cli_evaluate_writes_every_report(data_root, tmp_path, mode):
     out = tmp_path / f"out_{mode}"
     rc = main(["evaluate", "--model", ENCODER_FILE, "--tasks", *_task_files(tmp_path), "esc50",
-               "--data-root", str(data_root), "--mode", mode, "--seeds", "2", "--out", str(out), "--no-progress"])
+               "--data-root", str(data_root), "--mode", mode, "--seeds", "2", "--out", str(out), "--no-progress",
+               "--allow-partial"])
     assert rc == 0
     res = json.loads((out / "results.json").read_text())
     assert res["mode"] == mode and res["seeds"] == ([0, 1] if mode == "clean" else [42])
@@ -39,9 +57,23 @@ def test_cli_evaluate_writes_every_report(data_root, tmp_path, mode):
     assert len(tasks["tonefolds"]["mlp"]["per_fold"][0]) == 3
     assert len(tasks["tones"]["mlp"]["per_seed"]) == (2 if mode == "clean" else 1)
     assert "knn" not in tasks["toneevents"] or tasks["toneevents"].get("knn") is None
+    # kNN scores equal an independent numpy computation on the same cached embeddings
+    enc = load_encoder_source(ENCODER_FILE)
+    for task in (TONE_TASK, FOLD_TASK):
+        expected = expected_knn(enc, task, data_root, mode)
+        assert tasks[task.name]["knn"]["per_fold"] == pytest.approx(expected, abs=1e-6)
+        assert tasks[task.name]["knn"]["mean"] == pytest.approx(sum(expected) / len(expected), abs=1e-6)
+    assert enc.calls == 0  # those were the cached embeddings the run scored
     # tones differ by frequency band: cosine kNN separates them perfectly
     if mode == "clean":
         assert tasks["tones"]["knn"]["mean"] == 1.0 and tasks["tonefolds"]["knn"]["mean"] == 1.0
+    # probe scores are accuracies over whole test items: k / n for an integer k, per fold and seed
+    n_test = {"tones": [9], "tonefolds": [12, 12, 12]}
+    for name, ns in n_test.items():
+        for per_fold in tasks[name]["mlp"]["per_fold"]:
+            for score, n in zip(per_fold, ns, strict=True):
+                assert math.isclose(score * n, round(score * n), abs_tol=1e-4), (name, score)
+        assert tasks[name]["mlp"]["per_seed"] == pytest.approx([sum(f) / len(f) for f in tasks[name]["mlp"]["per_fold"]])
     # the 8 kHz stereo wav shard is decoded, mixed and resampled like the rest
     assert tasks["tones"]["partitions"]["tones_train"]["clips"] == 18
     s = res["summary"]
@@ -106,5 +138,7 @@ def test_evaluate_with_the_real_beats_fixture(data_root, tmp_path, mode):
     entry = res["tasks"]["tones"]
     assert entry["status"] == "ok", entry
     assert res["encoder"]["class"].endswith("BeatsEncoder") and res["encoder"]["hop_size_in_ms"] == 20.0
-    assert 0.0 <= entry["mlp"]["mean"] <= 1.0 and 0.0 <= entry["knn"]["mean"] <= 1.0
+    assert 0.0 <= entry["mlp"]["mean"] <= 1.0
+    expected = expected_knn(load_encoder_source(BEATS_FIXTURE), TONE_TASK, data_root, mode)
+    assert entry["knn"]["per_fold"] == pytest.approx(expected, abs=1e-6)
     assert (out / "results.md").exists() and (out / "charts" / "tones.png").exists()
