@@ -146,7 +146,7 @@ def test_demo_quick_end_to_end(tmp_path):
     assert (out / "report" / "report.png").stat().st_size > 10_000
     assert "width-matched (clean)" in report
     effects = report.split("Do the paper's effects appear?")[1].split("## Beyond the paper")[0].strip().splitlines()
-    assert len(effects) == 5
+    assert len(effects) == 7  # five of the paper's effects, then layer-weighted and gated fusion vs concat
     assert all(line.startswith(("- HOLDS:", "- DOES NOT HOLD:", "- WITHIN SEED NOISE:")) for line in effects)
     # the distilled student: its share of the ensemble's score and its measured encode cost are stated
     student = [x for x in report.split("Beyond the paper")[1].splitlines()[1:] if x.strip()]
@@ -155,6 +155,13 @@ def test_demo_quick_end_to_end(tmp_path):
     distill_log = [json.loads(x) for x in (out / "models" / "student" / "run" / "log.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in distill_log if "loss" in r]
     assert losses[-1] < 0.8 * losses[0]
+    # learned fusion rows and their verdict against concatenation
+    for fusion in ("layer-weighted", "gated"):
+        assert f"ensemble (clean, {fusion} fusion)" in report
+        assert f"{fusion} fusion" in report.split("Do the paper's effects appear?")[1]
+        res = json.loads((out / "results" / f"ensemble-{fusion}" / "results.json").read_text())
+        assert res["fusion"] == fusion and all(e["fusion"]["members"] for e in res["tasks"].values())
+        assert (out / "results" / f"ensemble-{fusion}" / "charts" / "fusion_weights.png").exists()
     # the real pre-training loop learned: masked-patch accuracy far above chance (1/64)
     for run in ("beats_speech_heavy", "beats_balanced"):
         last = json.loads((out / "models" / run / "run" / "log.jsonl").read_text().splitlines()[-1])

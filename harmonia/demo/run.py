@@ -14,9 +14,12 @@
    control (the best member concatenated with random-init twins of the other two, as wide as the
    ensemble) are evaluated with the linear-probe and kNN tracks on seven synthetic tasks in the
    X-ARES layout, including a frame-level event-detection task; a Table-I-style table, results files
-   and a PNG chart are written.
-6. The effects the paper reports are checked and stated plainly, whether or not they appear: an
-   effect holds only when it exceeds the spread over probe seeds.
+   and a PNG chart are written. The ensemble is also evaluated with learned fusion over its members'
+   hidden states (layer-weighted and gated, `harmonia.fusion`); the ensemble runs use several probe
+   seeds so that fusion and concatenation can be compared against the seed spread.
+6. The effects the paper reports are checked and stated plainly, whether or not they appear (an
+   effect holds only when it exceeds the spread over probe seeds), and so is whether learned fusion
+   beats concatenation.
 7. Beyond the paper: the ensemble is distilled into one tiny student (`harmonia.train.distill`, teacher
    cached once), evaluated like the other models; the report gives its score and its measured encode
    cost as fractions of the ensemble's, and says whether the targets (>= 90 %, <= 1/3) hold.
@@ -35,6 +38,7 @@ import soundfile as sf
 import torch
 
 from harmonia.demo import synth
+from harmonia.fusion import LEARNED_FUSIONS
 
 DOMAINS = ("speech", "music", "sound")
 
@@ -48,6 +52,7 @@ class DemoSize:
     dasheng_steps: int
     batch_size: int
     seeds: int  # probe seeds (clean mode reports mean ± std)
+    fusion_seeds: int = 3  # probe seeds of the ensemble with and without learned fusion (the verdict needs a spread)
 
 
 QUICK = DemoSize(pool_clips=64, pool_seconds=4.0, task_sizes={"train": 72, "valid": 24, "test": 48},
@@ -257,10 +262,13 @@ def _paired(run_a: dict, run_b: dict, tasks) -> tuple[np.ndarray, np.ndarray, in
     kept = []
     for t in tasks:
         a, b = _per_seed(run_a, t.name), _per_seed(run_b, t.name)
-        if a is not None and b is not None and a.shape == b.shape:
-            kept.append((a, b, float(t.weight or 1)))
+        if a is not None and b is not None:
+            n = min(len(a), len(b))  # probe seeds are 0..n-1 in every run: pair the common ones
+            kept.append((a[:n], b[:n], float(t.weight or 1)))
     if not kept:
         return None
+    n = min(len(k[0]) for k in kept)
+    kept = [(a[:n], b[:n], w) for a, b, w in kept]
     w = np.array([k[2] for k in kept])
     a = np.stack([k[0] for k in kept], axis=1) @ w / w.sum()
     b = np.stack([k[1] for k in kept], axis=1) @ w / w.sum()
@@ -343,23 +351,42 @@ def _parallel(jobs: dict, workers: int) -> dict:
         return {name: f.result() for name, f in futures.items()}
 
 
-def _build_encoder(source):
+def _evaluate_fusions(source: list, tasks, out: Path, seeds: int) -> dict[str, dict]:
+    """The ensemble with learned fusion over its members' hidden states, one run per fusion; the
+    runs share one cache of stacked states (encoded once)."""
+    return {f"ensemble-{f}": _evaluate_one("ensemble", source, tasks, out, seeds, fusion=f,
+                                           run_name=f"ensemble-{f}") for f in LEARNED_FUSIONS}
+
+
+def fusion_verdict(runs: dict[str, dict], tasks) -> list[str]:
+    """Does learned fusion beat concatenation (the ensemble row), by the same paired per-seed rule as
+    the paper's effects? Gated fusion also trains a projection per member, a larger probe than
+    concatenation's: `benchmarks/fusion.py --ablation` measures how much of a difference that is."""
+    caveat = {"gated": " (it also trains a projection per member, a larger probe than concatenation's: "
+                       "`benchmarks/fusion.py --ablation` separates the two)"}
+    return [_line(f"{f} fusion beats concatenation{caveat.get(f, '')}", runs, f"ensemble-{f}", "ensemble", tasks)
+            for f in LEARNED_FUSIONS if f"ensemble-{f}" in runs]
+
+
+def _build_encoder(source, names: list[str] | None = None):
     """`source`: a model folder, or a list of them for an ensemble (the paper's: BEATs flat as
-    reference, the others resampled to its frames, concatenated)."""
+    reference, the others resampled to its frames, concatenated; `names` label its members)."""
     from harmonia import load_encoder
     from harmonia.ensemble import EnsembleEncoder
 
     if isinstance(source, list):
-        return EnsembleEncoder([load_encoder(m) for m in source], align="linear", reference=0, fuse="concat")
+        return EnsembleEncoder([load_encoder(m) for m in source], align="linear", reference=0, fuse="concat",
+                               names=names)
     return load_encoder(source)
 
 
-def _evaluate_one(name: str, source, tasks, out: Path, seeds: int) -> dict:
+def _evaluate_one(name: str, source, tasks, out: Path, seeds: int, fusion: str = "concat",
+                  run_name: str | None = None) -> dict:
     from harmonia.eval.runner import evaluate
 
-    enc = _build_encoder(source)
-    return evaluate(enc, tasks, out / "tasks", out / "results" / name, mode="clean", seeds=seeds,
-                    cache_dir=out / "cache", model_name=name, progress=False)
+    enc = _build_encoder(source, MEMBERS if name == "ensemble" else None)
+    return evaluate(enc, tasks, out / "tasks", out / "results" / (run_name or name), mode="clean", seeds=seeds,
+                    cache_dir=out / "cache", model_name=name, progress=False, fusion=fusion)
 
 
 def run_demo(out: str | os.PathLike = "demo-out", quick: bool = False, seed: int = 0,
@@ -400,12 +427,18 @@ def run_demo(out: str | os.PathLike = "demo-out", quick: bool = False, seed: int
     sources = {m: models[m] for m in MEMBERS} | {"ensemble": [models[m] for m in MEMBERS],
                                                  "random-init": models["random-init"]}
     steps = DISTILL_STEPS["quick" if quick else "full"]
-    _log(f"4/5 evaluating {len(sources)} encoders on {len(tasks)} tasks (linear probe + kNN, {size.seeds} seed(s)); "
-         f"beside them, the ensemble distilled into one student ({steps} steps), then evaluated")
-    # 7. the student is distilled (and then evaluated) beside the other evaluations
-    eval_jobs = {"student": (_distill_and_evaluate, (shards, models, MEMBERS, out, size, steps, seed, tasks)),
-                 **{n: (_evaluate_one, (n, src, tasks, out, size.seeds)) for n, src in sources.items()}}
+    fusion_seeds = max(size.seeds, size.fusion_seeds)
+    _log(f"4/5 evaluating {len(sources)} encoders on {len(tasks)} tasks (linear probe + kNN, {size.seeds} seed(s)), "
+         f"the ensemble with learned fusion ({', '.join(LEARNED_FUSIONS)}; ensemble runs: {fusion_seeds} seeds) "
+         f"and, beside them, the ensemble distilled into one student ({steps} steps), then evaluated")
+    # the longest jobs first: learned fusion (both kinds in one job: they share one cache of stacked
+    # hidden states) and the student (7: distilled, then evaluated)
+    eval_jobs = {"learned-fusion": (_evaluate_fusions, (sources["ensemble"], tasks, out, fusion_seeds)),
+                 "student": (_distill_and_evaluate, (shards, models, MEMBERS, out, size, steps, seed, tasks))}
+    eval_jobs |= {n: (_evaluate_one, (n, src, tasks, out, fusion_seeds if n == "ensemble" else size.seeds))
+                  for n, src in sources.items()}
     runs = _parallel(eval_jobs, workers)
+    runs |= runs.pop("learned-fusion")
     models["student"] = sources["student"] = out / "models" / "student" / "model"
     best = max(MEMBERS, key=lambda m: runs[m]["summary"]["mlp_all"] or -1.0)
     _log(f"  width-matched control: {best} with the other members replaced by random-init encoders")
@@ -419,7 +452,7 @@ def run_demo(out: str | os.PathLike = "demo-out", quick: bool = False, seed: int
 
     _log("5/5 report")
     table = write_combined(run_dirs, out / "report")
-    lines = verdict(runs, tasks)
+    lines = verdict(runs, tasks) + fusion_verdict(runs, tasks)
     wav = torch.from_numpy(np.stack([synth.pool_clip(np.random.default_rng([seed, 7, i]), DOMAINS[i % 3], 4.0)
                                      for i in range(8)]))
     cost = encode_seconds({name: _build_encoder(sources[name]) for name in ("ensemble", "student")}, wav)

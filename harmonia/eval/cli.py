@@ -23,6 +23,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--seeds", type=positive_int, default=3, help="probe seeds in clean mode (mean ± std); default 3")
     p.add_argument("--out", required=True, help="output directory for the reports")
     p.add_argument("--cache-dir", default=None, help="embedding cache (default: <data-root>/.harmonia_cache)")
+    p.add_argument("--fusion", choices=["concat", "layer-weighted", "gated"], default="concat",
+                   help="concat (default): the encoder's output (an ensemble's concatenated final frames); "
+                        "layer-weighted / gated: learned fusion over every member's hidden states, trained "
+                        "inside the probe on the training split (weights saved and plotted)")
     p.add_argument("--device", type=device, default=None, help="encoder device, e.g. cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_allow_partial(p)
@@ -41,7 +45,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     check_seeds(args.seeds)  # before loading the model
     encoder = load_encoder_source(args.model, device=args.device)
     results = evaluate(encoder, args.tasks, args.data_root, args.out, mode=args.mode, seeds=args.seeds,
-                       cache_dir=args.cache_dir, model_name=str(args.model), progress=not args.no_progress)
+                       cache_dir=args.cache_dir, model_name=str(args.model), progress=not args.no_progress,
+                       fusion=args.fusion)
     s = results["summary"]
     print(f"wrote {args.out}/results.{{json,md,csv}}; weighted MLP {_score(s, 'mlp_all')}, "
           f"kNN {_score(s, 'knn_all')}")

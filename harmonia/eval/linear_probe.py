@@ -175,8 +175,12 @@ def _order_generator(mode: str, seed: int) -> torch.Generator:
 
 def train_probe(task: Task, train, valid, test, *, mode: str = "clean", seed: int = 0,
                 hop_size_in_ms: float | None = None, vocab_size: int | None = None, pad_id: int = 0,
-                epochs: int | None = None, batch_size: int | None = None) -> ProbeResult:
+                epochs: int | None = None, batch_size: int | None = None, front: nn.Module | None = None) -> ProbeResult:
     """Train on `train`, select the epoch on `valid`, score `test` (ClipSet / FrameSet / PairSet).
+
+    `front` (clip and frame tasks): a module with `output_dim` (e.g. a `harmonia.fusion` module)
+    placed in front of the probe and trained jointly with it; it holds the best epoch's weights
+    when this returns.
 
     Clip and frame probes are small (B x T x D @ D x C per step): they run on one intra-op thread,
     where thread start-up would otherwise cost more than the arithmetic (100x slower on a loaded
@@ -186,23 +190,29 @@ def train_probe(task: Task, train, valid, test, *, mode: str = "clean", seed: in
         torch.set_num_threads(1)
     try:
         return _train_probe(task, train, valid, test, mode=mode, seed=seed, hop_size_in_ms=hop_size_in_ms,
-                            vocab_size=vocab_size, pad_id=pad_id, epochs=epochs, batch_size=batch_size)
+                            vocab_size=vocab_size, pad_id=pad_id, epochs=epochs, batch_size=batch_size, front=front)
     finally:
         torch.set_num_threads(threads)
 
 
 def _train_probe(task: Task, train, valid, test, *, mode: str, seed: int, hop_size_in_ms: float | None,
-                 vocab_size: int | None, pad_id: int, epochs: int | None, batch_size: int | None) -> ProbeResult:
+                 vocab_size: int | None, pad_id: int, epochs: int | None, batch_size: int | None,
+                 front: nn.Module | None = None) -> ProbeResult:
     epochs = epochs or task.epochs
     bs = batch_size or task.batch_size
     with torch.random.fork_rng():
         torch.manual_seed(XARES_SEED if mode == "xares" else seed)
         if task.type == "contrastive":
+            if front is not None:
+                raise ValueError(f"task {task.name!r}: a front module (learned fusion) is not available for "
+                                 "contrastive tasks; evaluate them with plain concatenation")
             model: nn.Module = RetrievalProbe(train.audio.shape[1], vocab_size, pad_id)
         else:
             dim = train.x.shape[1] if isinstance(train, ClipSet) else train.frames(0).shape[1]
             num_classes = _num_outputs(task, train)
-            model = LinearProbe(dim, num_classes)
+            model = LinearProbe(front.output_dim if front is not None else dim, num_classes)
+            if front is not None:
+                model = nn.Sequential(front, model)
     # the fused kernel: same Adam, one pass per step (Clotho's probe updates a 31M-value text table)
     opt = torch.optim.Adam(model.parameters(), lr=task.learning_rate, fused=True)
     gen = _order_generator(mode, seed)

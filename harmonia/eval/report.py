@@ -38,12 +38,19 @@ def _ordered(names) -> list[str]:
     return sorted(names, key=lambda n: (order.get(n, len(order)), n))
 
 
+def run_label(results: dict) -> str:
+    """`model (mode)`, naming a learned fusion when the run used one: `model (mode, gated fusion)`."""
+    fusion = results.get("fusion") or "concat"
+    return f"{results['model']} ({results['mode']}" + ("" if fusion == "concat" else f", {fusion} fusion") + ")"
+
+
 # --------------------------------------------------------------------------------------------------
 # One run
 
 
 def run_markdown(results: dict) -> str:
-    lines = [f"# {results['model']} — mode `{results['mode']}`", "", results["mode_notes"], "",
+    fusion = results.get("fusion") or "concat"
+    lines = [f"# {results['model']} — mode `{results['mode']}`, fusion `{fusion}`", "", results["mode_notes"], "",
              f"Seeds: {results['seeds']}; kNN k={results['knn']['k']}, T={results['knn']['temperature']}, "
              f"{results['knn']['similarity']}.", "",
              "| Task | Domain | Metric | Weight | MLP | kNN | Status |", "|---|---|---|---|---|---|---|"]
@@ -64,7 +71,7 @@ def run_markdown(results: dict) -> str:
 
 
 CSV_FIELDS = ["task", "formal_name", "domain", "metric", "weight", "status", "mlp_mean", "mlp_std", "knn",
-              "mode", "model"]
+              "mode", "model", "fusion"]
 
 
 def run_rows(results: dict) -> list[dict]:
@@ -76,7 +83,7 @@ def run_rows(results: dict) -> list[dict]:
                      "mlp_mean": e["mlp"]["mean"] if e.get("mlp") else "",
                      "mlp_std": e["mlp"]["std"] if e.get("mlp") else "",
                      "knn": e["knn"]["mean"] if e.get("knn") else "", "mode": results["mode"],
-                     "model": results["model"]})
+                     "model": results["model"], "fusion": results.get("fusion") or "concat"})
     return rows
 
 
@@ -138,7 +145,7 @@ def task_chart(entry: dict, results: dict, path: Path) -> Path:
         ax2.text(i, v, f"{v:.3f}", ha="center", va="bottom", fontsize=8)
     ax2.set_ylim(0, 1.05)
     ax2.set_title(f"test ({results['mode']} mode)", fontsize=9)
-    fig.suptitle(results["model"], fontsize=9)
+    fig.suptitle(run_label(results), fontsize=9)
     try:
         return _savefig(fig, path)
     finally:
@@ -184,7 +191,7 @@ def load_run(path: str | os.PathLike) -> dict:
 def combine_runs(runs: list[dict], track: str = "mlp") -> tuple[list[str], list[list[str]]]:
     """A Table-I-like table: one row per task (Table I order), one column per run; weighted averages
     as the last rows. Returns (header, rows) of strings."""
-    labels = [f"{r['model']} ({r['mode']})" for r in runs]
+    labels = [run_label(r) for r in runs]
     names = _ordered({n for r in runs for n in r["tasks"]})
     header = ["Task", "Domain", "Weight"] + labels
     rows = []
@@ -234,7 +241,7 @@ def combined_chart(runs: list[dict], path: Path) -> Path:
     y = np.arange(len(names))
     for i, r in enumerate(runs):
         vals = [r["tasks"][n]["mlp"]["mean"] if r["tasks"].get(n, {}).get("mlp") else 0.0 for n in names]
-        ax.barh(y + i * h, vals, height=h, label=f"{r['model']} ({r['mode']})")
+        ax.barh(y + i * h, vals, height=h, label=run_label(r))
     ax.set_yticks(y + 0.4 - h / 2, [next(r["tasks"][n]["formal_name"] for r in runs if n in r["tasks"]) for n in names])
     ax.invert_yaxis()
     ax.set_xlim(0, 1)

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from harmonia import fusion as fusionlib
 from harmonia.encoder import AudioEncoder
 from harmonia.eval import metrics as M
 from harmonia.eval.embed import EmbeddingCache, Embeddings
@@ -93,8 +94,13 @@ def load_encoder_source(source: str | os.PathLike, device: str | None = None) ->
 def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os.PathLike,
              out_dir: str | os.PathLike, *, mode: str = "clean", seeds: int = 3,
              cache_dir: str | os.PathLike | None = None, model_name: str | None = None,
-             progress: bool = True, write_reports: bool = True) -> dict:
-    """Evaluate `encoder` on `tasks` (names, groups, task files or Task objects); see module doc."""
+             progress: bool = True, write_reports: bool = True, fusion: str = "concat") -> dict:
+    """Evaluate `encoder` on `tasks` (names, groups, task files or Task objects); see module doc.
+
+    fusion: "concat" (the encoder's own output, for an ensemble its members' concatenated final
+    frames) or a learned fusion over every member's hidden states, "layer-weighted" | "gated"
+    (`harmonia.fusion`), trained inside each probe on the training split; the kNN track always
+    uses the encoder's own output."""
     from harmonia.eval import report
 
     if mode not in MODE_NOTES:
@@ -102,6 +108,11 @@ def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os
     check_seeds(seeds)
     names = [t for t in tasks if not isinstance(t, Task)]
     task_list = [t for t in tasks if isinstance(t, Task)] + (resolve_tasks(names, encoder) if names else [])
+    model_name = model_name or type(encoder).__name__
+    layout = None
+    if fusionlib.check_fusion(fusion) != "concat":
+        encoder = fusionlib.StackedStatesEncoder(encoder)  # caches every hidden state (its own cache key)
+        layout = encoder.layout
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir)
@@ -114,9 +125,11 @@ def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os
     cache = EmbeddingCache(cache_root, encoder, mode=mode, progress=progress)
     seed_list = [42] if mode == "xares" else list(range(seeds))
     results = {
-        "model": model_name or type(encoder).__name__,
+        "model": model_name,
         "mode": mode,
         "mode_notes": MODE_NOTES[mode],
+        "fusion": fusion,
+        "fusion_layout": layout.to_dict() if layout else None,
         "seeds": seed_list,
         "knn": {"k": DEFAULT_K, "temperature": DEFAULT_TEMPERATURE,
                 "similarity": "per-dimension train normalisation (X-ARES)" if mode == "xares" else "cosine"},
@@ -132,7 +145,7 @@ def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os
             if task.extra.get("disabled"):
                 entry = {"status": "disabled", "error": "disabled in its task file (X-ARES `disabled=True`)"}
             else:
-                entry = _evaluate_task(task, cache, data_root, mode, seed_list)
+                entry = _evaluate_task(task, cache, data_root, mode, seed_list, fusion, layout)
         except EvalDataError as e:
             status = "skipped" if isinstance(e, VocabMissingError) else "failed"
             entry = {"status": status, "error": str(e)}
@@ -147,6 +160,8 @@ def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os
     results["summary"] = summarise(results["tasks"])
     if write_reports:
         report.write_run(results, out_dir, charts=True)
+        if layout:
+            fusionlib.weights_chart(results, out_dir / "charts" / "fusion_weights.png")
     return results
 
 
@@ -179,7 +194,11 @@ def summarise(tasks: dict) -> dict:
     return out
 
 
-def _evaluate_task(task: Task, cache: EmbeddingCache, data_root, mode: str, seeds: list[int]) -> dict:
+def _evaluate_task(task: Task, cache: EmbeddingCache, data_root, mode: str, seeds: list[int],
+                   fusion: str = "concat", layout: fusionlib.StateLayout | None = None) -> dict:
+    if layout and task.type == "contrastive":
+        raise TaskError(f"task {task.name!r}: learned fusion ({fusion}) is not available for contrastive "
+                        "(retrieval) tasks; evaluate them with --fusion concat")
     tokenizer = WordPieceTokenizer(find_bert_vocab(data_root)) if task.type == "contrastive" else None
     embs = cache.embed_task(task, data_root)
     hop = float(cache.encoder.hop_size_in_ms)
@@ -192,14 +211,17 @@ def _evaluate_task(task: Task, cache: EmbeddingCache, data_root, mode: str, seed
                    "num_classes": coder.num_classes, "weight": weight, "weight_source": weight_source,
                    "notes": [f"corrupt cache file encoded again: {r}" for e in embs.values() for r in e.repaired]}
     # ---- linear probe
-    per_seed, folds, curves = [], [], []
+    per_seed, folds, curves, learned = [], [], [], []
     for seed in seeds:
         fold_scores = []
         for train_parts, valid, test in task.rounds():
             train = _concat([sets[p] for p in train_parts])
+            front = fusionlib.make_fusion(fusion, layout, seed=seed) if layout else None
             r = train_probe(task, train, sets[valid], sets[test], mode=mode, seed=seed, hop_size_in_ms=hop,
                             vocab_size=len(tokenizer) if tokenizer else None,
-                            pad_id=tokenizer.pad_id if tokenizer else 0)
+                            pad_id=tokenizer.pad_id if tokenizer else 0, front=front)
+            if front is not None:  # the best epoch's weights, learned on the training split
+                learned.append(fusionlib.describe(front, fusionlib.training_sample(train)))
             fold_scores.append(r.score)
             curves.append({"seed": seed, "test": test, "valid_curve": r.valid_curve, "loss_curve": r.loss_curve,
                            "best_epoch": r.best_epoch, "score": r.score})
@@ -207,6 +229,8 @@ def _evaluate_task(task: Task, cache: EmbeddingCache, data_root, mode: str, seed
         folds.append(fold_scores)
     mean, std = M.mean_std(per_seed)
     entry["mlp"] = {"mean": mean, "std": std, "per_seed": per_seed, "per_fold": folds, "curves": curves}
+    if learned:
+        entry["fusion"] = {**fusionlib.mean_description(learned), "per_run": learned}
     # ---- kNN (deterministic given the embeddings: one run)
     if task.knn:
         fold_scores = []
@@ -214,7 +238,8 @@ def _evaluate_task(task: Task, cache: EmbeddingCache, data_root, mode: str, seed
             train = _concat([sets[p] for p in train_parts])
             if len(train) < DEFAULT_K:
                 entry["notes"].append(f"kNN: only {len(train)} training items, k capped (X-ARES would crash)")
-            scores = knn_scores(train.x, train.y, sets[test].x, coder.num_classes, mode=mode)
+            own = layout.final if layout else (lambda x: x)  # kNN: the encoder's own output
+            scores = knn_scores(own(train.x), train.y, own(sets[test].x), coder.num_classes, mode=mode)
             fold_scores.append(M.accuracy(scores, sets[test].y))  # kNN is always scored by accuracy
         entry["knn"] = {"mean": sum(fold_scores) / len(fold_scores), "std": 0.0, "per_fold": fold_scores}
     return entry
