@@ -36,7 +36,7 @@ SUBCOMMAND_MODULES = [
     "harmonia.eval.cli",  # evaluate, report
     "harmonia.data.cli",
     "harmonia.train.cli",
-    "harmonia.train.distill",  # distill
+    "harmonia.train.distill_cli",  # distill
 ]
 
 EXIT_USAGE = 2  # refused: bad arguments or an expected user error (argparse uses 2 as well)

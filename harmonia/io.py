@@ -242,7 +242,13 @@ def _pid_alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return True
+    # A killed writer whose parent never reaps it (an orphan in a container whose init does not
+    # wait) stays a zombie: it exists for kill(0) but will never finish its temp file.
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True  # no /proc (not Linux) or a race with its exit: assume alive, keep its file
+    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
 
 
 def remove_stale_temps(directory: str | os.PathLike, min_age_s: float = 0.0) -> list[Path]:

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -250,3 +251,20 @@ def test_remove_stale_temps_keeps_another_hosts_fresh_temp(tmp_path):
     theirs = tmp_path / ".x.npy.harmonia-tmp-000000-1-abcd1234"  # another host's live writer (pid 1 there)
     theirs.write_text("")
     assert remove_stale_temps(tmp_path) == [] and theirs.exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="zombies are read from /proc (Linux)")
+def test_temp_of_a_killed_writer_left_a_zombie_is_stale(tmp_path):
+    # A killed worker whose parent never reaps it stays a zombie (e.g. an orphan in a container whose
+    # init does not wait): it still "exists" for kill(pid, 0), yet will never finish its file.
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{child.pid}/stat").read_text().rsplit(")", 1)[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        stale = temp_name(tmp_path / "x.npy", pid=child.pid)
+        stale.write_text("")
+        assert remove_stale_temps(tmp_path) == [stale]
+    finally:
+        child.wait()

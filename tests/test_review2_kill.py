@@ -25,8 +25,14 @@ SLOW_DECODE = ("import time, harmonia.data.shards as s\n"
 
 def _cli(argv: list[str], prelude: str = "", **popen) -> subprocess.Popen:
     code = f"import sys\n{prelude}\nfrom harmonia.cli import main\nsys.exit(main(sys.argv[1:]))"
+    # Ctrl-C must reach the command even when this test runs with SIGINT ignored (a backgrounded
+    # or nohup'ed CI job): a process started with SIGINT ignored keeps ignoring it.
     return subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **popen)
+                            text=True, preexec_fn=_default_sigint, **popen)
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _manifest(tmp_path: Path, n: int = 6) -> Path:

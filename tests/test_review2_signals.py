@@ -35,7 +35,8 @@ def test_a_signal_mid_write_exits_with_its_code_and_leaves_no_file(tmp_path, sig
     prelude = HANG_IN_SAVE.format(ready=str(ready))
     code_text = f"import sys\n{prelude}\nfrom harmonia.cli import main\nsys.exit(main(sys.argv[1:]))"
     proc = subprocess.Popen([sys.executable, "-c", code_text, "encode", "--model", str(MS), "--out", str(out),
-                             str(FIX / "audio" / "example.wav")], stderr=subprocess.PIPE, text=True)
+                             str(FIX / "audio" / "example.wav")], stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # even if CI ignores ^C
     try:
         end = time.monotonic() + 300
         while not ready.exists() and proc.poll() is None and time.monotonic() < end:

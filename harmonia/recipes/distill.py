@@ -37,7 +37,7 @@ def distill_tiny_debug() -> DistillConfig:
 
 def distill_cmu_ensemble_base() -> DistillConfig:
     """The paper's ensemble (≈1.76B parameters, 3584 dims, three forward passes) into one BEATs-base
-    student (≈90M, 768 dims, one pass), 8 GPUs: `torchrun --nproc_per_node 8 -m harmonia.train.distill
+    student (≈90M, 768 dims, one pass), 8 GPUs: `torchrun --nproc_per_node 8 -m harmonia distill
     distill_cmu_ensemble_base --set data.shards=DIR --set teacher.cache=DIR`."""
     return DistillConfig(
         name="distill_cmu_ensemble_base",

@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _torchrun(shards: Path, out: Path, steps: int, *extra: str) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "harmonia.train.distill", "distill_tiny_debug", *extra]
+           "-m", "harmonia", "distill", "distill_tiny_debug", *extra]
     sets = {"data.shards": shards, "run.out_dir": out, "run.max_steps": steps, "run.ckpt_every": 3,
             "run.log_every": 1, "run.progress": "false", "data.batch_size": 2, "optim.warmup_steps": 2,
             "optim.decay_steps": 10, "optim.grad_accum": 2, "teacher.source": TEACHER, "data.crop_seconds": 1.0}

@@ -53,7 +53,7 @@ def test_dasheng_mae_matches_the_pre_refactor_loop_and_resumes(tiny_shards, tmp_
     enc = train_dasheng_mae(tiny_shards, "balanced", TINY_DASHENG, 11, batch_size=2, seed=1,
                             out_dir=tmp_path / "mae")
     assert sum(p.double().sum().item() for p in enc.model.parameters()) == pytest.approx(PINNED_MAE_PARAM_SUM,
-                                                                                         rel=1e-9)
+                                                                                         rel=1e-6)
     assert _losses(tmp_path / "mae")[11] == pytest.approx(PINNED_MAE_LOSS[11], abs=1e-5)
 
     # the same run through pretrain_mae, logging every step, stopped at 5 and resumed to 11
