@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+# BEATs-base as a plain dict (= harmonia.models.beats.preset("beats-base", dropout=0.1, attention_dropout=0.1),
+# checked by tests/test_benchmarks_config.py): the reference child process runs without harmonia installed.
 BASE = dict(encoder_layers=12, encoder_embed_dim=768, encoder_ffn_embed_dim=3072, encoder_attention_heads=12,
             embed_dim=512, input_patch_size=16, conv_bias=False, activation_fn="gelu", layer_norm_first=False,
             deep_norm=True, conv_pos=128, conv_pos_groups=16, relative_position_embedding=True, num_buckets=320,
