@@ -7,9 +7,7 @@ imports it."""
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
-import os
 import sys
 
 from harmonia.cli_args import positive_int
@@ -33,17 +31,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run_from_args(args: argparse.Namespace) -> int:
     from harmonia.io import CheckpointError
     from harmonia.recipes.pretrain import RECIPES
-    from harmonia.train.config import ConfigError, apply_overrides
-    from harmonia.train.distributed import shutdown
+    from harmonia.train.config import ConfigError, finish_run, recipe_config
     from harmonia.train.pretrain import iterate, pretrain
 
-    if args.recipe not in RECIPES:
-        close = difflib.get_close_matches(args.recipe, list(RECIPES), n=3)
-        print(f"unknown recipe {args.recipe!r}; known: {sorted(RECIPES)}"
-              + (f" (did you mean {close[0]}?)" if close else ""), file=sys.stderr)
-        return 2
     try:
-        cfg = apply_overrides(RECIPES[args.recipe](), args.overrides)
+        cfg = recipe_config(RECIPES, args.recipe, args.overrides)
         if args.print_config:
             print(json.dumps(cfg.to_dict(), indent=1))
             return 0
@@ -64,11 +56,7 @@ def run_from_args(args: argparse.Namespace) -> int:
     except CheckpointError as e:  # e.g. no intact checkpoint in run.out_dir
         print(f"harmonia pretrain: error: {e}", file=sys.stderr)
         return 2
-    if record is not None:
-        if os.environ.get("RANK", "0") == "0":
-            print(json.dumps(record))
-    shutdown()  # on success only: a failing rank must exit with its error, not wait in a barrier
-    return 0
+    return finish_run(record)
 
 
 def add_parser(subparsers) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass, field
@@ -245,6 +246,27 @@ def set_value(cfg: TrainConfig, key: str, value: Any) -> None:
         getattr(section, name)[sub] = value
         return
     setattr(section, name, _coerce(value, hints[name], key))
+
+
+def recipe_config(recipes: dict, name: str, overrides: list[str]) -> TrainConfig:
+    """The config of recipe `name` (a function of `recipes`) with `key=value` overrides applied; an
+    unknown name is a ConfigError listing the known ones (and the closest)."""
+    if name not in recipes:
+        close = difflib.get_close_matches(name, list(recipes), n=1)
+        raise ConfigError(f"unknown recipe {name!r}; known: {sorted(recipes)}"
+                          + (f" (did you mean {close[0]}?)" if close else ""))
+    return apply_overrides(recipes[name](), overrides)
+
+
+def finish_run(record: dict | None) -> int:
+    """The end of a successful training command: rank 0 prints the last record, every rank leaves the
+    process group (on success only: a failing rank must exit with its error, not wait in a barrier)."""
+    from harmonia.train.distributed import shutdown
+
+    if record is not None and os.environ.get("RANK", "0") == "0":
+        print(json.dumps(record))
+    shutdown()
+    return 0
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str]) -> TrainConfig:

@@ -30,36 +30,24 @@ def add_arguments(p) -> None:
 
 
 def run_from_args(args) -> int:
-    import difflib
-    import os
-
     from harmonia.io import CheckpointError
     from harmonia.recipes.distill import RECIPES
-    from harmonia.train.config import apply_overrides
-    from harmonia.train.distributed import shutdown
+    from harmonia.train.config import finish_run, recipe_config
 
-    if args.recipe not in RECIPES:
-        close = difflib.get_close_matches(args.recipe, list(RECIPES), n=3)
-        print(f"unknown recipe {args.recipe!r}; known: {sorted(RECIPES)}"
-              + (f" (did you mean {close[0]}?)" if close else ""), file=sys.stderr)
-        return 2
     try:
-        cfg = apply_overrides(RECIPES[args.recipe](), args.overrides)
+        cfg = recipe_config(RECIPES, args.recipe, args.overrides)
         if args.print_config:
             print(json.dumps(cfg.to_dict(), indent=1))
             return 0
         record = distill(cfg, export=args.export, cache_only=args.cache_only,
                          override_resume_config=args.override_resume_config)
     except ConfigError as e:
-        print(f"configuration error: {e}", file=sys.stderr)
+        print(f"harmonia distill: configuration error: {e}", file=sys.stderr)
         return 2
     except CheckpointError as e:  # a teacher cache of another teacher; no intact checkpoint to resume
-        print(f"error: {e}", file=sys.stderr)
+        print(f"harmonia distill: error: {e}", file=sys.stderr)
         return 2
-    if os.environ.get("RANK", "0") == "0":
-        print(json.dumps(record))
-    shutdown()  # on success only: a failing rank must exit with its error, not wait in a barrier
-    return 0
+    return finish_run(record)
 
 
 def add_parser(subparsers) -> None:

@@ -72,3 +72,22 @@ def make_structured_pool(root: Path, seed: int = 0) -> dict[str, tuple[str, Path
             sf.write(d / f"{corpus}{i:03d}.wav", fn(sec).astype(np.float32), sr)
         out[corpus] = (domain, d)
     return out
+
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def torchrun_cpu(command: list[str], sets: dict, *extra: str, nproc: int = 2, timeout: int = 600) -> None:
+    """`torchrun --standalone --nproc_per_node N -m harmonia COMMAND --set k=v ... EXTRA` with gloo on
+    the CPU, one thread per process; fails the test with the end of stderr when a rank fails."""
+    import os
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
+           "-m", "harmonia", *command, *extra]
+    for k, v in sets.items():
+        cmd += ["--set", f"{k}={v}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+    assert r.returncode == 0, r.stderr[-3000:]

@@ -10,20 +10,14 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.train.conftest import REPO, torchrun_cpu
 
 
 def _torchrun(shards: Path, out: Path, steps: int) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "harmonia", "pretrain", "beats_tiny_debug"]
-    sets = {"data.shards": shards, "run.out_dir": out, "run.max_steps": steps, "run.ckpt_every": 5,
-            "run.log_every": 1, "run.progress": "false", "data.batch_size": 2, "optim.warmup_steps": 3,
-            "optim.decay_steps": 10, "optim.grad_accum": 2, "model.encoder.dropout": 0.1}
-    for k, v in sets.items():
-        cmd += ["--set", f"{k}={v}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
+    torchrun_cpu(["pretrain", "beats_tiny_debug"], {
+        "data.shards": shards, "run.out_dir": out, "run.max_steps": steps, "run.ckpt_every": 5,
+        "run.log_every": 1, "run.progress": "false", "data.batch_size": 2, "optim.warmup_steps": 3,
+        "optim.decay_steps": 10, "optim.grad_accum": 2, "model.encoder.dropout": 0.1}, timeout=300)
 
 
 @pytest.mark.dist
@@ -50,16 +44,11 @@ def test_two_process_fsdp_trains_resumes_and_exports(tiny_shards, tmp_path):
 
     import harmonia
 
-    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "harmonia", "pretrain", "beats_tiny_debug", "--export", str(tmp_path / "export")]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     for steps in (2, 3):
-        sets = {"data.shards": tiny_shards, "run.out_dir": tmp_path / "run", "run.max_steps": steps,
-                "run.ckpt_every": 2, "run.log_every": 1, "run.progress": "false", "data.batch_size": 2,
-                "run.parallel": "fsdp"}
-        cmd = base + sum((["--set", f"{k}={v}"] for k, v in sets.items()), [])
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        assert r.returncode == 0, r.stderr[-3000:]
+        torchrun_cpu(["pretrain", "beats_tiny_debug", "--export", str(tmp_path / "export")], {
+            "data.shards": tiny_shards, "run.out_dir": tmp_path / "run", "run.max_steps": steps,
+            "run.ckpt_every": 2, "run.log_every": 1, "run.progress": "false", "data.batch_size": 2,
+            "run.parallel": "fsdp"}, timeout=300)
     recs = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["event"] for r in recs if "event" in r] == ["start", "resume"]
     assert sorted(r["step"] for r in recs if "loss" in r) == [1, 2, 3]

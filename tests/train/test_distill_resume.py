@@ -4,29 +4,19 @@ identical losses (teacher on the fly, gradient accumulation), and the export loa
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
+from tests.train.conftest import torchrun_cpu
 from tests.train.test_distill import TEACHER
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _torchrun(shards: Path, out: Path, steps: int, *extra: str) -> None:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "harmonia", "distill", "distill_tiny_debug", *extra]
-    sets = {"data.shards": shards, "run.out_dir": out, "run.max_steps": steps, "run.ckpt_every": 3,
-            "run.log_every": 1, "run.progress": "false", "data.batch_size": 2, "optim.warmup_steps": 2,
-            "optim.decay_steps": 10, "optim.grad_accum": 2, "teacher.source": TEACHER, "data.crop_seconds": 1.0}
-    for k, v in sets.items():
-        cmd += ["--set", f"{k}={v}"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    torchrun_cpu(["distill", "distill_tiny_debug"], {
+        "data.shards": shards, "run.out_dir": out, "run.max_steps": steps, "run.ckpt_every": 3,
+        "run.log_every": 1, "run.progress": "false", "data.batch_size": 2, "optim.warmup_steps": 2,
+        "optim.decay_steps": 10, "optim.grad_accum": 2, "teacher.source": TEACHER, "data.crop_seconds": 1.0}, *extra)
 
 
 @pytest.mark.dist
