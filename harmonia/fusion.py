@@ -361,20 +361,12 @@ def seed_scores(results: dict) -> list[float]:
 
 
 def compare(name: str, fused: Sequence[float], concat: Sequence[float]) -> tuple[str, str]:
-    """(status, sentence): does `name` fusion beat concatenation on the weighted score? It does
-    ("HOLDS") when its mean over seeds exceeds concatenation's by more than the seed spread
-    sqrt(std_f² + std_c²); within that spread the answer is "WITHIN SEED NOISE"; with one seed
-    there is no spread and the answer is "UNDECIDED" (numbers still given)."""
-    from harmonia.eval.metrics import mean_std
+    """(status, sentence): does `name` fusion beat concatenation on the weighted score, over the same
+    probe seeds? The rule is `harmonia.eval.metrics.call_effect`, the one the demo's verdicts use."""
+    from harmonia.eval.metrics import call_effect
 
-    (mf, sf), (mc, sc) = mean_std(list(fused)), mean_std(list(concat))
-    spread = (sf ** 2 + sc ** 2) ** 0.5
-    numbers = (f"{mf:.3f} ± {sf:.3f} vs concatenation {mc:.3f} ± {sc:.3f}, difference {mf - mc:+.3f}, "
-               f"seed spread {spread:.3f} over {min(len(fused), len(concat))} seed(s)")
-    if min(len(fused), len(concat)) < 2:
-        return "UNDECIDED", f"{name} fusion vs concatenation with one seed, no spread to judge by ({numbers})"
-    if mf - mc > spread:
-        return "HOLDS", f"{name} fusion beats concatenation ({numbers})"
-    if mc - mf > spread:
-        return "DOES NOT HOLD", f"{name} fusion is worse than concatenation ({numbers})"
-    return "WITHIN SEED NOISE", f"{name} fusion and concatenation are within seed noise ({numbers})"
+    status, numbers = call_effect(fused, concat)
+    says = {"HOLDS": "beats concatenation", "DOES NOT HOLD": "is worse than concatenation",
+            "WITHIN SEED NOISE": "and concatenation are within seed noise",
+            "UNDECIDED": "vs concatenation is undecided"}[status]
+    return status, f"{name} fusion {says} ({numbers})"

@@ -144,10 +144,11 @@ def test_hidden_states(name, wavs, enc_a, out_a):
     torch.testing.assert_close(o.frames[0], out_a[f"emb_{name}"], **EMB_TOL)
 
 
-@pytest.mark.parametrize("layer", [0, 2, 3])
+@pytest.mark.parametrize("layer", [0, 2, 3, -1, -3])
 def test_layer_option(layer, wavs, out_a):
+    """A negative layer counts from the end as for BEATs: -1 is the state after the last block."""
     enc = harmonia.load_encoder(FIX / "model_a.pt", layer=layer)
-    torch.testing.assert_close(enc(wavs["12p5s"])[0], out_a["layers_12p5s"][layer], **EMB_TOL)
+    torch.testing.assert_close(enc(wavs["12p5s"])[0], out_a["layers_12p5s"][layer % 4], **EMB_TOL)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -373,6 +374,8 @@ def test_error_hf_classifier_head(tmp_path):
 def test_error_bad_options(enc_a):
     with pytest.raises(ValueError, match=r"layer must be .* \[0, 3\]"):
         DashengEncoder(enc_a.model, layer=4)
+    with pytest.raises(ValueError, match=r"\[-3, -1\]"):
+        DashengEncoder(enc_a.model, layer=-4)
     with pytest.raises(ValueError, match="unknown dtype .int8.: expected one of"):
         harmonia.load_encoder(FIX / "model_a.pt", dtype="int8")
 

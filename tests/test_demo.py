@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from harmonia.demo import synth
-from harmonia.demo.run import call_effect, verdict
+from harmonia.demo.run import verdict
 from harmonia.demo.tasks import MAKERS, demo_tasks, write_task_data
+from harmonia.eval.metrics import call_effect
 from harmonia.eval.readers import read_audio_shard
 
 
@@ -85,7 +86,12 @@ def test_call_effect_uses_the_seed_spread():
     status, numbers = call_effect(a, np.array([0.55, 0.66, 0.56]))
     assert status == "WITHIN SEED NOISE" and "+0.010 ± 0.046 over 3 probe seeds" in numbers
     status, numbers = call_effect(np.array([0.5]), np.array([0.4]))
-    assert status == "HOLDS" and "spread not measured" in numbers
+    assert status == "UNDECIDED" and "spread not measured" in numbers
+    # pairing: both runs drop together on seed 1; the unpaired spread would call this noise
+    status, _ = call_effect([0.70, 0.50, 0.72], [0.60, 0.41, 0.61])
+    assert status == "HOLDS"
+    with pytest.raises(ValueError):
+        call_effect([], [0.5])
 
 
 def _runs(**over):
@@ -128,6 +134,19 @@ def test_width_matched_control_and_seed_noise_are_reported():
     assert verdict(runs, TASKS)[4].startswith("WITHIN SEED NOISE: the ensemble beats a width-matched control")
     runs.pop("width-matched")
     assert verdict(runs, TASKS)[4].startswith("NOT MEASURED:")
+
+
+def test_one_probe_seed_is_undecided_not_a_loss():
+    one = {name: {t: v[:1] for t, v in per_task.items()} for name, per_task in {
+        "beats-speech-heavy": {"talk": [0.8], "tune": [0.5], "bang": [0.5]},
+        "beats-balanced": {"talk": [0.6], "tune": [0.7], "bang": [0.7]},
+        "dasheng-mae": {"talk": [0.7], "tune": [0.7], "bang": [0.7]},
+        "random-init": {"talk": [0.3], "tune": [0.3], "bang": [0.3]},
+        "ensemble": {"talk": [0.9], "tune": [0.8], "bang": [0.8]},
+        "width-matched": {"talk": [0.72], "tune": [0.7], "bang": [0.7]}}.items()}
+    lines = verdict(_runs(**one), TASKS)
+    assert [line.split(":")[0] for line in lines] == ["UNDECIDED"] * 5
+    assert "0/9 better, 0 worse, 0 within the spread, 9 undecided (one probe seed)" in lines[0]
 
 
 @pytest.mark.slow

@@ -336,7 +336,9 @@ def test_seed_scores_and_compare_by_hand():
     assert compare("gated", [0.70, 0.72, 0.71], [0.60, 0.61, 0.62])[0] == "HOLDS"
     assert compare("gated", [0.60, 0.61, 0.62], [0.70, 0.72, 0.71])[0] == "DOES NOT HOLD"
     status, text = compare("layer-weighted", [0.60, 0.70, 0.65], [0.62, 0.66, 0.64])
-    assert status == "WITHIN SEED NOISE" and "difference +0.010" in text and "over 3 seed(s)" in text
+    assert status == "WITHIN SEED NOISE" and "difference +0.010" in text and "over 3 probe seeds" in text
+    # the same paired rule as the demo: a seed that lowers both runs is not noise
+    assert compare("gated", [0.70, 0.50, 0.72], [0.60, 0.41, 0.61])[0] == "HOLDS"
     assert compare("gated", [0.9], [0.1])[0] == "UNDECIDED"
 
 

@@ -38,6 +38,7 @@ import soundfile as sf
 import torch
 
 from harmonia.demo import synth
+from harmonia.eval.metrics import call_effect
 from harmonia.fusion import LEARNED_FUSIONS
 
 DOMAINS = ("speech", "music", "sound")
@@ -275,20 +276,6 @@ def _paired(run_a: dict, run_b: dict, tasks) -> tuple[np.ndarray, np.ndarray, in
     return a, b, len(tasks) - len(kept)
 
 
-def call_effect(a: np.ndarray, b: np.ndarray) -> tuple[str, str]:
-    """Does `a` beat `b`? Paired per-seed scores -> (status, numbers). With several probe seeds the
-    mean difference must exceed the standard deviation of the per-seed differences, else the effect
-    is WITHIN SEED NOISE; with one seed the spread is unknown and only the sign is called."""
-    d = a - b
-    m = float(d.mean())
-    if len(d) < 2:
-        status = "HOLDS" if m > 0 else "DOES NOT HOLD"
-        return status, f"{a.mean():.3f} vs {b.mean():.3f}; one probe seed, spread not measured"
-    s = float(d.std(ddof=1))
-    status = "WITHIN SEED NOISE" if abs(m) <= s else "HOLDS" if m > 0 else "DOES NOT HOLD"
-    return status, f"{a.mean():.3f} vs {b.mean():.3f}, difference {m:+.3f} ± {s:.3f} over {len(d)} probe seeds"
-
-
 def _line(claim: str, runs: dict, a: str, b: str, tasks) -> str:
     if a not in runs or b not in runs or (p := _paired(runs[a], runs[b], tasks)) is None:
         return f"NOT MEASURED: {claim} (no task scored for both {a} and {b})"
@@ -299,7 +286,7 @@ def _line(claim: str, runs: dict, a: str, b: str, tasks) -> str:
 
 def verdict(runs: dict[str, dict], tasks) -> list[str]:
     """Check the paper's effects on these results; each line starts with HOLDS, DOES NOT HOLD,
-    WITHIN SEED NOISE or NOT MEASURED. Probe seeds measure the probe's variance only: the encoders
+    WITHIN SEED NOISE, UNDECIDED (one probe seed) or NOT MEASURED (`harmonia.eval.metrics.call_effect`). Probe seeds measure the probe's variance only: the encoders
     were pre-trained once."""
     lines = []
     # 1. pre-training beats random init, per (member, task); a pair without both scores is no win
@@ -307,11 +294,12 @@ def verdict(runs: dict[str, dict], tasks) -> list[str]:
     called = [call_effect(*p[:2])[0] for m, t in pairs if (p := _paired(runs[m], runs["random-init"], [t]))]
     wins, losses, n = called.count("HOLDS"), called.count("DOES NOT HOLD"), len(called)
     missing = f"; {len(pairs) - n} pair(s) without both scores not counted" if n < len(pairs) else ""
-    status = ("NOT MEASURED" if not n else "HOLDS" if wins > n / 2 else
+    undecided = f", {k} undecided (one probe seed)" if (k := called.count("UNDECIDED")) else ""
+    status = ("NOT MEASURED" if not n else "UNDECIDED" if called.count("UNDECIDED") == n else "HOLDS" if wins > n / 2 else
               "WITHIN SEED NOISE" if wins > losses else "DOES NOT HOLD")
     lines.append(f"{status}: pre-trained members beat the random-init encoder on most (member, task) pairs "
-                 f"(beyond the seed spread: {wins}/{n} better, {losses} worse, {n - wins - losses} within "
-                 f"the spread{missing})")
+                 f"(beyond the seed spread: {wins}/{n} better, {losses} worse, {called.count('WITHIN SEED NOISE')} "
+                 f"within the spread{undecided}{missing})")
     # 2-3. domain specialisation
     by_domain = {d: [t for t in tasks if t.domain == d] for d in DOMAINS}
     lines.append(_line("speech-heavy BEATs leads on speech-like tasks", runs, "beats-speech-heavy",

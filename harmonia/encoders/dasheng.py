@@ -60,11 +60,12 @@ class DashengEncoder(AudioEncoder):
         check_type("DashengEncoder option layer", layer, int | None)
         check_type("DashengEncoder option batch_topdb", batch_topdb, bool)
         depth = model.cfg.depth
-        if layer is not None and not 0 <= layer <= depth:
-            raise ValueError(f"layer must be None (final output) or in [0, {depth}] for this {depth}-block "
-                             f"Dasheng, found {layer}")
+        if layer is not None and not -depth <= layer <= depth:
+            raise ValueError(f"layer must be None (final output), in [0, {depth}] (the state after k blocks) or "
+                             f"a negative index in [-{depth}, -1] for this {depth}-block Dasheng, found {layer}")
         self.model = model.eval()
-        self.layer = layer
+        # a negative index counts from the end as in BeatsEncoder: -1 is the state after the last block
+        self.layer = layer if layer is None or layer >= 0 else depth + 1 + layer
         self.batch_topdb = batch_topdb
         self.output_dim = model.cfg.embed_dim
         self.sampling_rate = model.cfg.sample_rate

@@ -105,3 +105,26 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
     v = np.asarray(values, dtype=np.float64)
     return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def call_effect(a, b) -> tuple[str, str]:
+    """Does `a` beat `b`? The one rule for every such question (demo verdicts, fusion benchmarks).
+
+    `a` and `b` are per-seed scores of the same probe seeds 0..n-1 (pairs beyond the shorter list are
+    dropped). The seed spread is the sample standard deviation of the per-seed differences a_s - b_s:
+    pairing removes what both runs share (a seed that makes every probe worse). The effect HOLDS when
+    the mean difference exceeds that spread, DOES NOT HOLD when it is below minus the spread, and is
+    WITHIN SEED NOISE otherwise; with one seed the spread is unknown and the answer is UNDECIDED.
+    Returns (status, numbers)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    n = min(len(a), len(b))
+    if n == 0:
+        raise ValueError("call_effect needs at least one seed's score on each side")
+    a, b = a[:n], b[:n]
+    d = a - b
+    m = float(d.mean())
+    if n < 2:
+        return "UNDECIDED", f"{a.mean():.3f} vs {b.mean():.3f}, difference {m:+.3f}; one probe seed, spread not measured"
+    s = float(d.std(ddof=1))
+    status = "WITHIN SEED NOISE" if abs(m) <= s else "HOLDS" if m > 0 else "DOES NOT HOLD"
+    return status, f"{a.mean():.3f} vs {b.mean():.3f}, difference {m:+.3f} ± {s:.3f} over {n} probe seeds"
