@@ -33,26 +33,16 @@ import torch  # noqa: E402
 
 #: the challenge's budget for the ensemble (ICME 2025 Audio Encoder Challenge: one T4)
 T4_GPU_GB, T4_HOST_GB = 16.0, 12.0
-#: dense bf16/fp16 tensor-core peak in TFLOP/s (vendor datasheets, without sparsity), by name fragment
-PEAK_TFLOPS = {"H200": 989.0, "H100 SXM": 989.0, "H100 NVL": 835.0, "H100": 756.0, "A100": 312.0, "L40S": 362.0,
-               "L4": 121.0, "A10": 125.0, "T4": 65.0}
 #: --dry-run: tiny stand-ins that exercise the same code on a CPU in seconds
 DRY_INFER_MODEL = ROOT / "tests" / "fixtures" / "dasheng" / "model_a.pt"
-DRY_ENCODER = dict(encoder_layers=2, encoder_embed_dim=64, encoder_ffn_embed_dim=128, encoder_attention_heads=4,
-                   embed_dim=64, conv_pos=16, conv_pos_groups=4)
+DRY_PRETRAIN = ["model.encoder.encoder_layers=2", "model.encoder.encoder_embed_dim=64",
+                "model.encoder.encoder_ffn_embed_dim=128", "model.encoder.encoder_attention_heads=4",
+                "model.encoder.embed_dim=64", "model.encoder.conv_pos=16", "model.encoder.conv_pos_groups=4",
+                "model.decoder_embed_dim=64"]
 
 
 def emit(row: dict) -> None:
     print(json.dumps(row), flush=True)
-
-
-def peak_tflops(device: str, override: float | None) -> float | None:
-    if override:
-        return override
-    if not device.startswith("cuda"):
-        return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
 # -------------------------------------------------------------------------------------------------
@@ -115,92 +105,29 @@ def cmd_infer(a: argparse.Namespace) -> int:
 # pre-training step
 
 
-def build_objective(recipe: str, dry_run: bool):
-    from harmonia.models.beats import BeatsConfig
-    from harmonia.recipes.pretrain import RECIPES
-    from harmonia.train.objective import MaskedPatchObjective
-
-    m = RECIPES[recipe]().model
-    encoder = {**m.encoder, **(DRY_ENCODER if dry_run else {})}
-    dec = 64 if dry_run else m.decoder_embed_dim
-    return MaskedPatchObjective(BeatsConfig(**encoder), dec, m.decoder_layers, m.codebook_size, m.mask_ratio,
-                                m.label_smoothing)
-
-
-def time_steps(model, opt, batch: int, seconds: float, steps: int, dev: torch.device, use_bf16: bool):
-    """One counted step (FLOPs; also the warm-up), one more warm-up, then `steps` timed steps of
-    fbank (float32) + forward/backward under bf16 autocast + clipping + fused AdamW.
-    Returns (FLOPs per step, seconds per step, patches per clip, last loss)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from harmonia.layers.frontend import beats_fbank
-    from harmonia.models.beats import exact_patch_mask
-
-    n = int(seconds * 16000)
-    wav = 0.1 * torch.randn(batch, n, device=dev)
-    lengths = torch.full((batch,), n, device=dev)
-    P = (1 + (n - 400) // 160) // 16 * 8
-    labels = torch.randint(0, model.vocab, (batch, P), device=dev)
-    gen = torch.Generator().manual_seed(0)  # masking draws on the CPU, as the train loop
-
-    def step() -> torch.Tensor:
-        fbank = beats_fbank(wav)  # float32, outside autocast
-        pad = exact_patch_mask(lengths, fbank.shape[1] // 16)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = model(fbank, pad, labels, gen)[0]
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        return loss.detach()
-
-    with FlopCounterMode(display=False) as fc:
-        step()
-    step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for _ in range(steps):
-        loss = step()
-    loss = float(loss)  # synchronises
-    return fc.get_total_flops(), (time.perf_counter() - t) / steps, P, loss
-
-
 def cmd_pretrain(a: argparse.Namespace) -> int:
+    """`harmonia.bench.bench_pretrain` (what `harmonia bench --pretrain` runs) per recipe and batch, in
+    this process; an out-of-memory batch is reported as a failed row and the next one runs."""
+    from harmonia.bench import bench_pretrain
+
+    overrides = []
     if a.dry_run:
         a.device, a.seconds, a.batch, a.steps, a.recipe = "cpu", 2.0, [2], 2, a.recipe[:1]
-    dev = torch.device(a.device)
-    use_bf16 = dev.type == "cuda" or a.dry_run
+        overrides = DRY_PRETRAIN
     failed = 0
     for recipe in a.recipe:
-        torch.manual_seed(0)
-        model = build_objective(recipe, a.dry_run).to(dev).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01, fused=True)
-        params = sum(p.numel() for p in model.parameters())
         for b in a.batch:
             try:
-                flops, step_s, P, loss = time_steps(model, opt, b, a.seconds, a.steps, dev, use_bf16)
+                r = bench_pretrain(recipe, overrides, batch=b, seconds=a.seconds, steps=a.steps, device=a.device,
+                                   bf16=True if a.dry_run else None, peak=a.peak_tflops)
             except torch.OutOfMemoryError as e:
                 failed += 1
                 emit({"kind": "pretrain", "recipe": recipe, "batch": b, "error": f"out of memory: {e}"[:300]})
-                opt.zero_grad(set_to_none=True)
                 torch.cuda.empty_cache()
                 continue
-            peak = peak_tflops(a.device, a.peak_tflops)
-            achieved = flops / step_s / 1e12
-            emit({"kind": "pretrain", "recipe": recipe, "params": params, "batch": b, "seconds": a.seconds,
-                  "device": a.device, "gpu": torch.cuda.get_device_name() if dev.type == "cuda" else None,
-                  "precision": "bf16 autocast" if use_bf16 else "fp32", "step_s": round(step_s, 4),
-                  "clips_per_s": round(b / step_s, 2), "patch_tokens_per_s": round(b * P / step_s),
-                  "encoder_tokens_per_s": round(b * round(P * (1 - model.mask_ratio)) / step_s),
-                  "tflop_per_step": round(flops / 1e12, 3), "achieved_tflops": round(achieved, 1),
-                  "peak_tflops": peak, "mfu": round(achieved / peak, 4) if peak else None,
-                  "peak_gpu_mb": round(torch.cuda.max_memory_allocated() / 2**20) if dev.type == "cuda" else None,
-                  "loss": round(loss, 4)})
-        del model, opt
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
+            emit({"kind": "pretrain", **r})
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
     return 1 if failed else 0
 
 
@@ -221,7 +148,7 @@ def infer_row(r: dict) -> str:
 
 def pretrain_row(r: dict) -> str:
     mfu = f"{100 * r['mfu']:.1f} %" if r.get("mfu") is not None else "n/a"
-    return (f"| {r['recipe']} ({r['params'] / 1e6:.0f}M) | {r['batch']} | {r['step_s']:.3f} | "
+    return (f"| {r['recipe']} ({r['parameters'] / 1e6:.0f}M) | {r['batch']} | {r['step_s']:.3f} | "
             f"{r['patch_tokens_per_s']:,} | {r['achieved_tflops']:.0f} | {mfu} |")
 
 

@@ -12,7 +12,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from harmonia.cli_args import add_allow_partial, device, partial_exit, positive_int, report_failures, seconds
+from harmonia.cli_args import (
+    add_allow_partial,
+    device,
+    partial_exit,
+    positive_float,
+    positive_int,
+    report_failures,
+    seconds,
+)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -35,17 +43,27 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None)
     p.set_defaults(func=cmd_convert)
 
-    p = sub.add_parser("bench", help="throughput (audio-s per s) and peak memory of an encoder, as one JSON line")
-    p.add_argument("--model", required=True)
+    p = sub.add_parser("bench", help="throughput and peak memory of an encoder (--model), or speed and MFU of a "
+                                     "pre-training step (--pretrain RECIPE), as one JSON line")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="encoder to time: checkpoint, directory, registry name or a+b+c")
+    what.add_argument("--pretrain", metavar="RECIPE",
+                      help="time the pre-training step of this recipe (beats_base, beats_large_*, beats_tiny_debug)")
     p.add_argument("--seconds", type=seconds, default=10.0, help="clip length")
     p.add_argument("--batch", type=positive_int, default=1)
-    p.add_argument("--repeats", type=positive_int, default=5)
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed encodes, or timed pre-training steps")
+    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default=None,
+                   help="--model: weight dtype (default float32); --pretrain: bfloat16 = bf16 autocast (the "
+                        "default on CUDA), float32 = none (the default on CPU)")
     p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--threads", type=positive_int, default=None)
-    p.set_defaults(func=cmd_bench)
     p.add_argument("--quantize", choices=["int8"], default=None, help="CPU only: dynamic int8 linear layers")
     p.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="--pretrain: recipe overrides, e.g. --set model.encoder.encoder_layers=2")
+    p.add_argument("--peak-tflops", type=positive_float, default=None,
+                   help="--pretrain: the MFU denominator (default: the GPU's bf16 peak; none on CPU)")
+    p.set_defaults(func=cmd_bench)
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -227,9 +245,23 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from harmonia.bench import bench_encoder
+    from harmonia.bench import bench_encoder, bench_pretrain
 
+    if args.pretrain:
+        for flag, given in (("--quantize", args.quantize), ("--compile", args.compile)):
+            if given:
+                raise ValueError(f"{flag} applies to --model, not to --pretrain")
+        if args.dtype == "float16":
+            raise ValueError("--pretrain runs float32 or bf16 autocast (--dtype bfloat16); float16 needs loss "
+                             "scaling, which the training loop does not use")
+        bf16 = None if args.dtype is None else args.dtype == "bfloat16"
+        print(json.dumps(bench_pretrain(args.pretrain, args.overrides, batch=args.batch, seconds=args.seconds,
+                                        steps=args.repeats, device=args.device, bf16=bf16,
+                                        peak=args.peak_tflops, threads=args.threads)))
+        return 0
+    if args.overrides or args.peak_tflops:
+        raise ValueError("--set and --peak-tflops apply to --pretrain, not to --model")
     print(json.dumps(bench_encoder(args.model, seconds=args.seconds, batch=args.batch, repeats=args.repeats,
-                                   dtype=args.dtype, device=args.device, threads=args.threads,
+                                   dtype=args.dtype or "float32", device=args.device, threads=args.threads,
                                    quantize=args.quantize, compile=args.compile)))
     return 0

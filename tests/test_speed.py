@@ -3,6 +3,7 @@ weights with float32 front ends, the benchmark helper, and the attention path (S
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -191,8 +192,45 @@ def test_bench_cli_takes_the_speed_options(capsys):
 
 def test_bench_rejects_cuda_without_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    with pytest.raises(RuntimeError, match="no CUDA device"):
+    with pytest.raises(ValueError, match="no CUDA device"):
         bench_encoder(str(DASHENG), device="cuda", repeats=1)
+
+
+def test_bench_pretrain_reports_tokens_flops_and_mfu(capsys):
+    """`harmonia bench --pretrain`: the FLOPs are counted (they double with the batch), the MFU is
+    achieved / peak, and float32 is the CPU default."""
+    from harmonia.bench import bench_pretrain
+    from harmonia.cli import main
+
+    one = bench_pretrain("beats_tiny_debug", batch=1, seconds=1.0, steps=1, peak=0.5)
+    two = bench_pretrain("beats_tiny_debug", batch=2, seconds=1.0, steps=1, peak=0.5)
+    assert one["precision"] == "float32" and one["parameters"] > 0 and one["step_s"] > 0
+    assert two["tflop_per_step"] == pytest.approx(2 * one["tflop_per_step"], rel=0.02)
+    assert two["mfu"] == pytest.approx(two["achieved_tflops"] / 0.5, rel=1e-2)  # both rounded to 4 digits
+    assert two["achieved_tflops"] == pytest.approx(two["tflop_per_step"] / two["step_s"], rel=1e-2)
+    # 1 s: 98 fbank rows -> 6 patch rows x 8 = 48 patches per clip, 12 of them encoded (25 %)
+    assert two["patch_tokens_per_s"] == pytest.approx(2 * 48 / two["step_s"], rel=1e-2)
+    assert two["encoder_tokens_per_s"] == pytest.approx(2 * 12 / two["step_s"], rel=1e-2)
+    assert bench_pretrain("beats_tiny_debug", batch=1, seconds=1.0, steps=1)["mfu"] is None  # no guessed CPU peak
+
+    assert main(["bench", "--pretrain", "beats_tiny_debug", "--seconds", "1", "--repeats", "1", "--dtype", "bfloat16",
+                 "--set", "model.encoder.encoder_layers=1"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["precision"] == "bf16 autocast" and r["parameters"] < one["parameters"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--pretrain", "beats_tiny_debug", "--quantize", "int8"], "--quantize applies to --model"),
+    (["--pretrain", "beats_tiny_debug", "--dtype", "float16"], "float16 needs loss scaling"),
+    (["--pretrain", "beats_tiny_debug", "--set", "model.task=vqkd"], "masked-patch objective"),
+    (["--pretrain", "no_such_recipe"], "unknown recipe"),
+    (["--model", "x", "--peak-tflops", "100"], "apply to --pretrain"),
+])
+def test_bench_refuses_mixed_flags(argv, message, capsys):
+    from harmonia.cli import main
+
+    assert main(["bench", *argv]) == 2
+    assert message in capsys.readouterr().err
 
 
 # -------------------------------------------------------------------------------------------------
