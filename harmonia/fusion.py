@@ -52,6 +52,9 @@ class StateLayout:
     num_states: tuple[int, ...]
     dims: tuple[int, ...]
     final_dim: int
+    #: which of each member's hidden states are stored (state numbers, ascending); () = all of them,
+    #: 0..num_states-1. Set by a `states` selection of StackedStatesEncoder.
+    indices: tuple[tuple[int, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if not (len(self.names) == len(self.num_states) == len(self.dims) >= 1):
@@ -60,6 +63,13 @@ class StateLayout:
         if min(self.num_states) < 1 or min(self.dims) < 1 or self.final_dim < 0:
             raise ValueError(f"StateLayout: every member needs >= 1 state of >= 1 feature, found num_states="
                              f"{list(self.num_states)}, dims={list(self.dims)}")
+        if self.indices and [len(i) for i in self.indices] != list(self.num_states):
+            raise ValueError(f"StateLayout: indices must list num_states={list(self.num_states)} state numbers per "
+                             f"member, found {[list(i) for i in self.indices]}")
+
+    def state_numbers(self, member: int) -> tuple[int, ...]:
+        """The hidden-state numbers member `member`'s stored states are (0 = input of the first layer)."""
+        return self.indices[member] if self.indices else tuple(range(self.num_states[member]))
 
     @property
     def total_dim(self) -> int:
@@ -85,7 +95,26 @@ class StateLayout:
 
     def to_dict(self) -> dict[str, Any]:
         return {"names": list(self.names), "num_states": list(self.num_states), "dims": list(self.dims),
-                "final_dim": self.final_dim}
+                "final_dim": self.final_dim, "states": [list(self.state_numbers(m)) for m in range(len(self.names))]}
+
+
+STATES_HELP = ("all (default): every hidden state; last:K: each member's last K states; every:K: states 0, K, "
+               "2K, ... and always the last")
+
+
+def select_states(spec: str, count: int) -> tuple[int, ...]:
+    """Which of a member's `count` hidden states (0 = input of the first layer, count-1 = the last
+    layer's output) a `states` spec keeps: "all", "last:K" or "every:K" (see STATES_HELP). The
+    stored all-states cache grows with the number kept, (kept states) × width per frame and member."""
+    kind, _, k = spec.partition(":")
+    if kind == "all" and not k:
+        return tuple(range(count))
+    if kind in ("last", "every") and k.isdigit() and int(k) >= 1:
+        k = int(k)
+        if kind == "last":
+            return tuple(range(max(0, count - k), count))
+        return tuple(sorted(set(range(0, count, k)) | {count - 1}))
+    raise ValueError(f"fusion states {spec!r}: expected {STATES_HELP.replace('; ', ', or ')}")
 
 
 # -------------------------------------------------------------------------------------------------
@@ -100,7 +129,7 @@ class StackedStatesEncoder(AudioEncoder):
     their width per member are read once from a short silent input.
     """
 
-    def __init__(self, encoder: AudioEncoder) -> None:
+    def __init__(self, encoder: AudioEncoder, states: str = "all") -> None:
         super().__init__()
         if isinstance(encoder, StackedStatesEncoder):
             raise TypeError("StackedStatesEncoder: the encoder already outputs stacked states")
@@ -126,7 +155,15 @@ class StackedStatesEncoder(AudioEncoder):
                                  f"{sorted(widths)}; a layer-weighted sum needs one width per member")
             counts.append(len(probe))
             dims.append(widths.pop())
-        self.layout = StateLayout(tuple(names), tuple(counts), tuple(dims), int(encoder.output_dim))
+        select_states(states, 1)  # a bad spec fails before anything is encoded
+        self.states = states
+        kept = [select_states(states, c) for c in counts]
+        offsets = [sum(counts[:m]) for m in range(len(counts))]
+        #: positions, in the inner encoder's hidden-state tuple, of the states stored
+        self._keep = [offsets[m] + i for m, idx in enumerate(kept) for i in idx]
+        self.total_states = sum(counts)
+        self.layout = StateLayout(tuple(names), tuple(len(i) for i in kept), tuple(dims), int(encoder.output_dim),
+                                  indices=() if states == "all" else tuple(kept))
         self.sampling_rate = encoder.sampling_rate
         self.hop_size_in_ms = float(encoder.hop_size_in_ms)
         self.min_samples = encoder.min_samples
@@ -142,9 +179,10 @@ class StackedStatesEncoder(AudioEncoder):
     def _encode(self, wav_BN: Tensor, lengths_B: Tensor, output_hidden_states: bool) -> EncoderOutput:
         out = self.inner.encode(wav_BN, lengths_B, output_hidden_states=True)
         hidden = out.hidden_states or ()
-        if len(hidden) != sum(self.layout.num_states):
+        if len(hidden) != self.total_states:
             raise RuntimeError(f"StackedStatesEncoder: the encoder returned {len(hidden)} hidden states, expected "
-                               f"{sum(self.layout.num_states)} ({self.layout.describe()})")
+                               f"{self.total_states} ({self.layout.describe()})")
+        hidden = tuple(hidden[i] for i in self._keep)
         frames = torch.cat([out.frames, *hidden], dim=-1)
         return EncoderOutput(frames=frames, lengths=out.lengths, hidden_states=hidden if output_hidden_states else None)
 
@@ -156,7 +194,8 @@ class StackedStatesEncoder(AudioEncoder):
         except (NotImplementedError, AttributeError, TypeError):
             inner_config = None
         cls = type(self.inner)
-        return {"family": "stacked-states", "stored": "final+all-hidden-states",
+        return {"family": "stacked-states", "stored": "final+all-hidden-states" if self.states == "all" else
+                f"final+hidden-states:{self.states}",
                 "inner_class": f"{cls.__module__}.{cls.__qualname__}", "inner": inner_config,
                 "layout": self.layout.to_dict()}
 
@@ -265,8 +304,9 @@ def describe(fusion: nn.Module, sample: Tensor | None = None) -> dict[str, Any]:
     layout = layers.layout
     out: dict[str, Any] = {
         "kind": "gated" if isinstance(fusion, GatedFusion) else "layer-weighted",
-        "members": [{"name": n, "layer_weights": [round(float(v), 6) for v in w]}
-                    for n, w in zip(layout.names, layers.layer_weights())],
+        "members": [{"name": n, "states": list(layout.state_numbers(m)),
+                     "layer_weights": [round(float(v), 6) for v in w]}
+                    for m, (n, w) in enumerate(zip(layout.names, layers.layer_weights()))],
     }
     if isinstance(fusion, GatedFusion) and sample is not None:
         g = fusion.gates(sample.float()).reshape(-1, len(layout.names)).mean(0)
@@ -289,7 +329,7 @@ def mean_description(runs: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
         return None
     out = {"kind": runs[0]["kind"], "runs": len(runs), "members": []}
     for i, m in enumerate(runs[0]["members"]):
-        entry = {"name": m["name"],
+        entry = {"name": m["name"], **({"states": m["states"]} if "states" in m else {}),
                  "layer_weights": [round(sum(r["members"][i]["layer_weights"][j] for r in runs) / len(runs), 6)
                                    for j in range(len(m["layer_weights"]))]}
         if all("mean_gate" in r["members"][i] for r in runs):
@@ -313,17 +353,18 @@ def weights_chart(results: dict, path: str | Path) -> Path | None:
     import matplotlib.pyplot as plt
 
     first = tasks[0][1]
-    panels = [(m["name"], [f["members"][k]["layer_weights"] for _, f in tasks], "hidden state")
+    panels = [(m["name"], [f["members"][k]["layer_weights"] for _, f in tasks], "hidden state", m.get("states"))
               for k, m in enumerate(first["members"])]
     if all("mean_gate" in m for _, f in tasks for m in f["members"]):
-        panels.append(("member gates", [[m["mean_gate"] for m in f["members"]] for _, f in tasks], "member"))
-    widths = [len(grid[0]) for _, grid, _ in panels]
+        panels.append(("member gates", [[m["mean_gate"] for m in f["members"]] for _, f in tasks], "member", None))
+    widths = [len(grid[0]) for _, grid, _, _ in panels]
     fig, axes = plt.subplots(1, len(panels), figsize=(2.5 + 0.5 * sum(widths) + 0.6 * len(panels), 1.4 + 0.35 * len(tasks)),
                              gridspec_kw={"width_ratios": widths}, squeeze=False, constrained_layout=True)
-    vmax = max(v for _, grid, _ in panels for row in grid for v in row)
-    for k, (ax, (title, grid, xlabel)) in enumerate(zip(axes[0], panels)):
+    vmax = max(v for _, grid, _, _ in panels for row in grid for v in row)
+    for k, (ax, (title, grid, xlabel, numbers)) in enumerate(zip(axes[0], panels)):
         im = ax.imshow(grid, aspect="auto", cmap="viridis", vmin=0.0, vmax=vmax)
-        ticks = [m["name"] for m in first["members"]] if xlabel == "member" else [str(j) for j in range(len(grid[0]))]
+        ticks = ([m["name"] for m in first["members"]] if xlabel == "member" else
+                 [str(j) for j in (numbers or range(len(grid[0])))])
         ax.set_xticks(range(len(grid[0])), ticks, fontsize=7, rotation=30 if xlabel == "member" else 0)
         ax.set_xlabel(xlabel, fontsize=7)
         ax.set_yticks(range(len(tasks)), [n for n, _ in tasks] if k == 0 else [], fontsize=7)

@@ -18,6 +18,7 @@ from harmonia.fusion import (
     describe,
     make_fusion,
     mean_description,
+    select_states,
     weights_chart,
 )
 
@@ -88,6 +89,47 @@ def test_stacked_states_fingerprint_differs_from_the_final_frames(members):
     assert wrapped["class"] != plain["class"] and wrapped["output_dim"] > plain["output_dim"]
     assert wrapped["config"]["stored"] == "final+all-hidden-states"
     assert wrapped["config"]["inner"] == plain["config"]
+
+
+@pytest.mark.parametrize("spec, count, kept", [
+    ("all", 5, (0, 1, 2, 3, 4)), ("last:2", 5, (3, 4)), ("last:9", 3, (0, 1, 2)),
+    ("every:2", 5, (0, 2, 4)), ("every:3", 5, (0, 3, 4)), ("every:10", 4, (0, 3)), ("every:1", 2, (0, 1)),
+])
+def test_select_states(spec, count, kept):
+    assert select_states(spec, count) == kept
+
+
+@pytest.mark.parametrize("spec", ["", "last", "last:0", "every:-1", "every:x", "first:2", "all:2", "last:2:3"])
+def test_select_states_refuses_bad_specs(spec):
+    with pytest.raises(ValueError, match="expected all"):
+        select_states(spec, 4)
+
+
+def test_stacked_states_subset_keeps_the_chosen_states_of_each_member(members, wav):
+    """`states="every:2"` stores, per member, states 0, 2, ... and the last, taken from the same
+    aligned hidden states as the full stack; its cache key differs; a layer-weighted fusion over it
+    with one-hot weights on a kept state equals that state."""
+    from harmonia.eval.embed import encoder_fingerprint
+
+    ens = EnsembleEncoder(members, align="linear")
+    full, sub = StackedStatesEncoder(ens), StackedStatesEncoder(ens, states="every:2")
+    lengths = torch.tensor([16000, 9000])
+    a, b = full.encode(wav, lengths).frames, sub.encode(wav, lengths).frames
+    counts = full.layout.num_states
+    kept = [select_states("every:2", c) for c in counts]
+    assert sub.layout.num_states == tuple(len(k) for k in kept) and sub.output_dim < full.output_dim
+    assert sub.layout.to_dict()["states"] == [list(k) for k in kept]
+    assert torch.equal(sub.layout.final(b), full.layout.final(a))
+    for m, (fa, fb) in enumerate(zip(full.layout.member_states(a), sub.layout.member_states(b))):
+        assert torch.equal(fb, fa[..., list(kept[m]), :])
+    fp_full, fp_sub = encoder_fingerprint(full), encoder_fingerprint(sub)
+    assert fp_full != fp_sub and fp_sub["config"]["stored"] == "final+hidden-states:every:2"
+    fusion = make_fusion("layer-weighted", sub.layout)
+    fusion.set_layer_weights(1, torch.eye(len(kept[1]))[-1])
+    assert torch.allclose(fusion.member_sums(b)[1], sub.layout.member_states(b)[1][..., -1, :])
+    assert describe(fusion)["members"][1]["states"] == list(kept[1])
+    with pytest.raises(ValueError, match="expected all"):
+        StackedStatesEncoder(ens, states="last:0")
 
 
 def test_encoder_without_hidden_states_is_a_clear_error():
@@ -303,6 +345,13 @@ def test_evaluate_end_to_end_with_each_fusion(members, tmp_path):
         assert knn == pytest.approx(runs["concat"]["tasks"]["synth_instrument"]["knn"]["mean"], abs=1e-9)
     # one cache entry for the final frames, one for all layers (shared by both learned fusions)
     assert len([p for p in (tmp_path / "cache" / "synth_instrument").iterdir() if p.is_dir()]) == 2
+    # a subset of states: its own, smaller cache entry; the weights name the states they weigh
+    last2 = evaluate(ens, tasks, tmp_path / "data", tmp_path / "last2", seeds=1, fusion="layer-weighted",
+                     fusion_states="last:2", cache_dir=tmp_path / "cache", model_name="ens", progress=False)
+    assert last2["fusion_layout"]["states"] == [[n - 2, n - 1] for n in n_states]
+    for e in last2["tasks"].values():
+        assert e["status"] == "ok" and [m["states"] for m in e["fusion"]["members"]] == [[n - 2, n - 1] for n in n_states]
+    assert len([p for p in (tmp_path / "cache" / "synth_instrument").iterdir() if p.is_dir()]) == 3
     table = write_combined([tmp_path / f for f in runs], tmp_path / "report")
     assert "ens (clean) |" in table and "ens (clean, layer-weighted fusion)" in table
     assert "ens (clean, gated fusion)" in table
@@ -321,7 +370,15 @@ def test_cli_evaluate_takes_fusion(tmp_path, monkeypatch):
     monkeypatch.setattr("harmonia.eval.runner.load_encoder_source", lambda *a, **k: None)
     assert cli.main(["evaluate", "--model", "x", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"),
                      "--fusion", "gated"]) == 0
-    assert seen["fusion"] == "gated"
+    assert seen["fusion"] == "gated" and seen["fusion_states"] == "all"
+    assert cli.main(["evaluate", "--model", "x", "--data-root", str(tmp_path), "--out", str(tmp_path / "o"),
+                     "--fusion", "gated", "--fusion-states", "every:4"]) == 0
+    assert seen["fusion_states"] == "every:4"
+    # a states subset without a learned fusion, or a bad spec, is refused before the model loads
+    assert cli.main(["evaluate", "--model", "x", "--data-root", ".", "--out", "o", "--fusion-states", "last:2"]) == 2
+    with pytest.raises(SystemExit):
+        cli.main(["evaluate", "--model", "x", "--data-root", ".", "--out", "o", "--fusion", "gated",
+                  "--fusion-states", "last:0"])
     with pytest.raises(SystemExit):
         cli.main(["evaluate", "--model", "x", "--data-root", ".", "--out", "o", "--fusion", "attention"])
 

@@ -5,6 +5,16 @@ from __future__ import annotations
 import argparse
 
 from harmonia.cli_args import add_allow_partial, device, partial_exit, positive_int, report_failures
+from harmonia.fusion import STATES_HELP, select_states
+
+
+def fusion_states(value: str) -> str:
+    """argparse type of --fusion-states: a valid `harmonia.fusion.select_states` spec."""
+    try:
+        select_states(value, 1)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+    return value
 
 
 def add_parser(subparsers) -> None:
@@ -27,6 +37,10 @@ def add_parser(subparsers) -> None:
                    help="concat (default): the encoder's output (an ensemble's concatenated final frames); "
                         "layer-weighted / gated: learned fusion over every member's hidden states, trained "
                         "inside the probe on the training split (weights saved and plotted)")
+    p.add_argument("--fusion-states", type=fusion_states, default="all", metavar="all|last:K|every:K",
+                   help="learned fusion: which hidden states of each member it weighs and the cache stores "
+                        "(the cache holds kept states x width per frame: subsample for frame tasks of big "
+                        "models). " + STATES_HELP)
     p.add_argument("--device", type=device, default=None, help="encoder device, e.g. cuda")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_allow_partial(p)
@@ -43,10 +57,13 @@ def _evaluate(args: argparse.Namespace) -> int:
     from harmonia.eval.runner import check_seeds, evaluate, load_encoder_source
 
     check_seeds(args.seeds)  # before loading the model
+    if args.fusion == "concat" and args.fusion_states != "all":
+        raise ValueError(f"--fusion-states {args.fusion_states} selects the hidden states of a learned fusion; "
+                         "add --fusion layer-weighted or --fusion gated, or drop --fusion-states")
     encoder = load_encoder_source(args.model, device=args.device)
     results = evaluate(encoder, args.tasks, args.data_root, args.out, mode=args.mode, seeds=args.seeds,
                        cache_dir=args.cache_dir, model_name=str(args.model), progress=not args.no_progress,
-                       fusion=args.fusion)
+                       fusion=args.fusion, fusion_states=args.fusion_states)
     s = results["summary"]
     print(f"wrote {args.out}/results.{{json,md,csv}}; weighted MLP {_score(s, 'mlp_all')}, "
           f"kNN {_score(s, 'knn_all')}")

@@ -94,13 +94,15 @@ def load_encoder_source(source: str | os.PathLike, device: str | None = None) ->
 def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os.PathLike,
              out_dir: str | os.PathLike, *, mode: str = "clean", seeds: int = 3,
              cache_dir: str | os.PathLike | None = None, model_name: str | None = None,
-             progress: bool = True, write_reports: bool = True, fusion: str = "concat") -> dict:
+             progress: bool = True, write_reports: bool = True, fusion: str = "concat",
+             fusion_states: str = "all") -> dict:
     """Evaluate `encoder` on `tasks` (names, groups, task files or Task objects); see module doc.
 
     fusion: "concat" (the encoder's own output, for an ensemble its members' concatenated final
     frames) or a learned fusion over every member's hidden states, "layer-weighted" | "gated"
     (`harmonia.fusion`), trained inside each probe on the training split; the kNN track always
-    uses the encoder's own output."""
+    uses the encoder's own output. fusion_states: which hidden states learned fusion sees and the
+    cache stores, "all" | "last:K" | "every:K" (`harmonia.fusion.select_states`)."""
     from harmonia.eval import report
 
     if mode not in MODE_NOTES:
@@ -111,8 +113,12 @@ def evaluate(encoder: AudioEncoder, tasks: list[str | Task], data_root: str | os
     model_name = model_name or type(encoder).__name__
     layout = None
     if fusionlib.check_fusion(fusion) != "concat":
-        encoder = fusionlib.StackedStatesEncoder(encoder)  # caches every hidden state (its own cache key)
+        # caches the selected hidden states (its own cache key)
+        encoder = fusionlib.StackedStatesEncoder(encoder, states=fusion_states)
         layout = encoder.layout
+    elif fusion_states != "all":
+        raise ValueError(f"fusion_states={fusion_states!r} selects the hidden states of a learned fusion; "
+                         "--fusion concat reads the final frames only")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     remove_stale_temps(out_dir)
