@@ -259,13 +259,15 @@ def recipe_config(recipes: dict, name: str, overrides: list[str]) -> TrainConfig
 
 
 def finish_run(record: dict | None) -> int:
-    """The end of a successful training command: rank 0 prints the last record, every rank leaves the
-    process group (on success only: a failing rank must exit with its error, not wait in a barrier)."""
-    from harmonia.train.distributed import shutdown
+    """The end of a successful training command: rank 0 prints the last record; under torchrun every
+    rank then leaves the process group and ends its process at once (`exit_after_shutdown`: on
+    success only, since a failing rank must exit with its error, not wait in a barrier). A plain
+    process returns 0."""
+    from harmonia.train.distributed import exit_after_shutdown
 
     if record is not None and os.environ.get("RANK", "0") == "0":
         print(json.dumps(record))
-    shutdown()
+    exit_after_shutdown(0)
     return 0
 
 

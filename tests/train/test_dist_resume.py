@@ -59,7 +59,7 @@ def test_two_process_fsdp_trains_resumes_and_exports(tiny_shards, tmp_path):
 _MAE_SCRIPT = """
 import sys
 from harmonia.train.mae import MAEConfig, MAEModelConfig, pretrain_mae
-from harmonia.train.distributed import shutdown
+from harmonia.train.distributed import exit_after_shutdown
 
 cfg = MAEConfig(model=MAEModelConfig(encoder=dict(embed_dim=32, depth=2, num_heads=4), decoder_dim=32,
                                      decoder_depth=1))
@@ -67,7 +67,7 @@ cfg.data.shards, cfg.data.batch_size = sys.argv[1], 2
 cfg.run.out_dir, cfg.run.max_steps, cfg.run.ckpt_every = sys.argv[2], int(sys.argv[3]), 2
 cfg.run.log_every, cfg.run.progress, cfg.optim.decay_steps = 1, False, 10
 pretrain_mae(cfg)
-shutdown()
+exit_after_shutdown()
 """
 
 
