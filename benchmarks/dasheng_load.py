@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -39,7 +38,9 @@ REF_SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "reference_encode.p
 
 
 def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from harmonia.bench import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 def _current_rss_mb() -> float:

@@ -1,5 +1,7 @@
 #!/usr/bin/env python3
-"""Opt-in int8 on the CPU (`load_encoder(..., quantize="int8")`): speed-up and fidelity against float32.
+"""Opt-in int8 on the CPU (`load_encoder(..., quantize="int8")`), or bf16 weights and compute
+(`--variant bf16`: `load_encoder(..., dtype=torch.bfloat16)`, fast on CPUs with native bf16 such as
+AVX512-BF16, very slow on others): speed-up and fidelity against float32.
 
 Speed: BEATs-base and Dasheng-base with random weights (the architectures of `openbeats-base-i1` and
 `dasheng-base`, no download), 10 s clips at batch 1 and 8; float32 and int8 alternate `--rounds`
@@ -10,6 +12,7 @@ and for the fixture checkpoints in tests/fixtures (small models in the released 
 
     python benchmarks/int8.py --batches 1 8 --rounds 3
     python benchmarks/int8.py --fidelity-only
+    python benchmarks/int8.py --variant bf16 --batches 1 8 --rounds 3
     python benchmarks/int8.py --demo demo-out      # + xares-mode scores on the demo's tasks and models
 
 `--demo DIR` (the output folder of `harmonia demo`) also scores the demo's pre-trained models in
@@ -87,6 +90,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--repeats", type=int, default=1)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--variant", choices=["int8", "bf16"], default="int8",
+                   help="int8: quantize='int8' (default); bf16: bfloat16 weights and compute")
     p.add_argument("--fidelity-only", action="store_true")
     p.add_argument("--demo", type=Path, help="a `harmonia demo` output folder: also compare xares-mode scores")
     p.add_argument("--demo-models", nargs="+", default=["beats_speech_heavy", "dasheng_mae"])
@@ -95,42 +100,47 @@ def main() -> None:
     p.add_argument("--work", type=Path, default=Path("/tmp/harmonia-int8-bench"))
     a = p.parse_args()
     torch.set_num_threads(a.threads)
+    if a.demo and a.variant != "int8":
+        p.error("--demo compares int8 scores; run it without --variant")
     if a.demo:
         demo_scores(a.demo, a.work, a.demo_models, a.demo_test_size)
         if a.demo_only:
             return
     clip = real_clip(a.seconds)
     rows = []
+    low_options = {"quantize": "int8"} if a.variant == "int8" else {"dtype": torch.bfloat16}
     for label, path in FIXTURES.items():
         ref = harmonia.load_encoder(path)(clip)
-        out = harmonia.load_encoder(path, quantize="int8")(clip)
+        out = harmonia.load_encoder(path, **low_options)(clip).float()
         rows.append({"model": label, **cosines(ref, out)})
         print(json.dumps(rows[-1]), flush=True)
     for label in a.models:
         fp32 = random_encoder(MODELS[label])
-        int8 = quantize_int8(random_encoder(MODELS[label]))  # same seed: the same weights
-        ref, out = fp32(clip), int8(clip)
+        low = random_encoder(MODELS[label])  # same seed: the same weights
+        low = quantize_int8(low) if a.variant == "int8" else low.to(torch.bfloat16)
+        ref, out = fp32(clip), low(clip).float()
         row = {"model": f"{label} (random weights)", **cosines(ref, out)}
         if not a.fidelity_only:
             g = torch.Generator().manual_seed(0)
             for b in a.batches:
                 wav = (torch.rand(b, clip.shape[1], generator=g) * 2 - 1) * 0.5
-                per = {"fp32": [], "int8": []}
+                per = {"fp32": [], a.variant: []}
                 for _ in range(a.rounds):
                     per["fp32"].append(statistics.median(encode_times(fp32, wav, repeats=a.repeats)))
-                    per["int8"].append(statistics.median(encode_times(int8, wav, repeats=a.repeats)))
+                    per[a.variant].append(statistics.median(encode_times(low, wav, repeats=a.repeats)))
                 med = {k: statistics.median(v) for k, v in per.items()}
                 row[f"b{b}"] = {"fp32_audio_s_per_s": round(b * a.seconds / med["fp32"], 2),
-                                "int8_audio_s_per_s": round(b * a.seconds / med["int8"], 2),
-                                "speedup": round(med["fp32"] / med["int8"], 3),
+                                f"{a.variant}_audio_s_per_s": round(b * a.seconds / med[a.variant], 2),
+                                "speedup": round(med["fp32"] / med[a.variant], 3),
                                 "runs": {k: [round(x, 3) for x in v] for k, v in per.items()}}
         rows.append(row)
         print(json.dumps(row), flush=True)
-    print(f"\nint8 vs float32, {a.seconds:g} s real clip, {torch.get_num_threads()} threads")
+    print(f"\n{a.variant} vs float32, {a.seconds:g} s real clip, {torch.get_num_threads()} threads")
     print("| model | cosine mean | cosine min | " + " | ".join(f"speed-up b{b}" for b in a.batches) + " |")
     print("|---|---|---|" + "---|" * len(a.batches))
     for r in rows:
-        sp = [f"{r[f'b{b}']['speedup']:.2f}× ({r[f'b{b}']['fp32_audio_s_per_s']} → {r[f'b{b}']['int8_audio_s_per_s']})"
+        sp = [f"{r[f'b{b}']['speedup']:.2f}× ({r[f'b{b}']['fp32_audio_s_per_s']} → "
+              f"{r[f'b{b}'][f'{a.variant}_audio_s_per_s']})"
               if f"b{b}" in r else "" for b in a.batches]
         print(f"| {r['model']} | {r['cos_mean']:.4f} | {r['cos_min']:.4f} | " + " | ".join(sp) + " |")
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -42,7 +41,10 @@ DECODER_DIM, DECODER_LAYERS, VOCAB, MASK_RATIO = 768, 3, 1024, 0.75
 
 
 def rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """This process's own peak RSS (VmHWM; its reference child runs without harmonia, so this is not
+    harmonia.bench.peak_rss_mb, which reads the same field)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024.0 for line in f if line.startswith("VmHWM:"))
 
 
 def flops_per_clip(seconds: float = 10.0, masked_logits_only: bool = True) -> dict[str, float]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import resource
+import sys
 import time
 
 import torch
@@ -11,8 +12,16 @@ from harmonia.io import parse_dtype
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far (MB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+    """Peak resident memory of this process so far (MB): VmHWM, the high-water mark of this
+    process's own address space. Not getrusage's ru_maxrss where /proc exists: Linux carries that
+    across fork and exec, so a benchmark child started by a parent that once held a large model
+    would report the parent's peak (seen: 7.0 GB reported for a 3.8 GB child)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) / 1024.0 for line in f if line.startswith("VmHWM:"))
+    except (OSError, StopIteration):  # no procfs (macOS): ru_maxrss, in bytes there
+        scale = 2**20 if sys.platform == "darwin" else 1024.0
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
 
 
 def encode_times(encoder, wav, lengths=None, repeats: int = 1) -> list[float]:

@@ -196,6 +196,24 @@ def test_bench_rejects_cuda_without_a_gpu(monkeypatch):
         bench_encoder(str(DASHENG), device="cuda", repeats=1)
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs procfs (Linux)")
+def test_peak_rss_of_a_child_is_its_own_not_its_parents():
+    """ru_maxrss survives fork + exec on Linux: a child of a parent that once held 1.5 GB reported
+    at least 1.5 GB (gpu_bench's infer children reported 7.0 GB for a 3.8 GB run)."""
+    import subprocess
+    import sys
+
+    from harmonia.bench import peak_rss_mb
+
+    ballast = bytearray(1500 * 2**20)
+    ballast[:: 4096] = b"x" * len(ballast[:: 4096])  # touch every page: resident
+    assert peak_rss_mb() > 1500
+    child = subprocess.run([sys.executable, "-c", "from harmonia.bench import peak_rss_mb; print(peak_rss_mb())"],
+                           capture_output=True, text=True, check=True, cwd=Path(__file__).resolve().parents[1])
+    del ballast
+    assert float(child.stdout) < 1000  # python + torch + harmonia: a few hundred MB
+
+
 def test_bench_pretrain_reports_tokens_flops_and_mfu(capsys):
     """`harmonia bench --pretrain`: the FLOPs are counted (they double with the batch), the MFU is
     achieved / peak, and float32 is the CPU default."""

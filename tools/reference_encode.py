@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -140,13 +139,23 @@ def bench(a) -> None:
         "seconds": a.seconds, "batch": a.batch, "threads": a.threads,
         "median_s": round(med, 4), "audio_s_per_s": round(a.batch * a.seconds / med, 3),
         "frames": list(frames.shape[1:]),
-        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "peak_rss_mb": round(_peak_rss_mb(), 1),
     }))
 
 
-def _current_rss_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith(field + ":"))
+
+
+def _current_rss_mb() -> float:
+    return _status_mb("VmRSS")
+
+
+def _peak_rss_mb() -> float:
+    """This process's own peak (VmHWM), as harmonia.bench.peak_rss_mb measures harmonia's side
+    (getrusage's ru_maxrss would include a parent's peak, carried across fork and exec)."""
+    return _status_mb("VmHWM")
 
 
 def load_rss(a) -> None:
@@ -157,10 +166,10 @@ def load_rss(a) -> None:
     t0 = time.perf_counter()
     model = load(a.family, a.checkpoint)
     load_s = time.perf_counter() - t0
-    after_load = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    after_load = _peak_rss_mb()
     weights_mb = sum(t.numel() * t.element_size() for t in model.state_dict().values()) / 2**20
     run(a.family, model, torch.zeros(1, SR))
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = _peak_rss_mb()
     print(json.dumps({
         "impl": "reference", "family": a.family, "checkpoint": str(a.checkpoint), "load_s": round(load_s, 2),
         "weights_mb": round(weights_mb, 1), "rss_after_import_mb": round(base, 1),
