@@ -223,7 +223,8 @@ def test_harmonia_format_round_trip(members, wav4, tmp_path):
     assert torch.equal(back(wav4), ens(wav4))
     nearest = harmonia.load_encoder(tmp_path / "ens", align="nearest")  # options override the stored ones
     assert nearest.align == "nearest"
-    half = harmonia.load_encoder(tmp_path / "ens", dtype=torch.float16)
+    with pytest.warns(UserWarning, match="float16 on the CPU is very slow"):
+        half = harmonia.load_encoder(tmp_path / "ens", dtype=torch.float16)
     # every weight matrix in fp16 (Dasheng keeps its mel BatchNorm in fp32 by design)
     assert {p.dtype for m in half.members for p in m.parameters() if p.ndim > 1} == {torch.float16}
     with pytest.raises(TypeError, match=r"no ensemble member takes option\(s\) \['layot'\]"):

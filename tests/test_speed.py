@@ -214,6 +214,22 @@ def test_peak_rss_of_a_child_is_its_own_not_its_parents():
     assert float(child.stdout) < 1000  # python + torch + harmonia: a few hundred MB
 
 
+def test_float16_on_the_cpu_warns_and_nothing_else_does():
+    import warnings
+
+    from harmonia.encoders.accel import check_options
+
+    with pytest.warns(UserWarning, match="float16 on the CPU is very slow"):
+        check_options(dtype=torch.float16)
+    with pytest.warns(UserWarning, match="device='cuda'"):
+        check_options(dtype="fp16", device="cpu")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        check_options(dtype=torch.bfloat16)
+        check_options(dtype=torch.float16, device="cuda")
+        check_options(quantize="int8")
+
+
 def test_bench_pretrain_reports_tokens_flops_and_mfu(capsys):
     """`harmonia bench --pretrain`: the FLOPs are counted (they double with the batch), the MFU is
     achieved / peak, and float32 is the CPU default."""
