@@ -159,15 +159,18 @@ def bench_pretrain(recipe: str, overrides: list[str] | tuple[str, ...] = (), bat
     if cfg.model.task != "mlm":
         raise ConfigError(f"recipe {recipe!r} trains a {cfg.model.task!r} tokenizer; bench --pretrain times the "
                           "masked-patch objective of the BEATs encoder recipes")
+    n = int(seconds * 16000)
+    P = (1 + (n - 400) // 160) // 16 * 8 if n >= 400 else 0  # (fbank rows // 16) x 8 frequency patches
+    if P == 0:
+        raise ValueError(f"seconds={seconds}: a pre-training clip needs at least one patch row of 16 fbank frames "
+                         "(0.175 s), found none; use --seconds 0.175 or more (the recipes train on 10 s)")
     dev = torch.device(device)
     bf16 = dev.type == "cuda" if bf16 is None else bf16
     torch.manual_seed(seed)
     model = build_task(cfg, None).to(dev).train()
     opt = build_optimizer(model, cfg.optim)
-    n = int(seconds * 16000)
     wav = 0.1 * torch.randn(batch, n, device=dev)
     lengths = torch.full((batch,), n, device=dev)
-    P = (1 + (n - 400) // 160) // 16 * 8  # patches per clip: (fbank rows // 16) x 8 frequency patches
     labels = torch.randint(0, model.vocab, (batch, P), device=dev)
     gen = torch.Generator().manual_seed(seed)  # masks are drawn on the CPU, as in the training loop
 

@@ -258,6 +258,7 @@ def test_bench_pretrain_reports_tokens_flops_and_mfu(capsys):
     (["--pretrain", "beats_tiny_debug", "--dtype", "float16"], "float16 needs loss scaling"),
     (["--pretrain", "beats_tiny_debug", "--set", "model.task=vqkd"], "masked-patch objective"),
     (["--pretrain", "no_such_recipe"], "unknown recipe"),
+    (["--pretrain", "beats_tiny_debug", "--seconds", "0.1"], "at least one patch row"),  # was a conv traceback
     (["--model", "x", "--peak-tflops", "100"], "apply to --pretrain"),
 ])
 def test_bench_refuses_mixed_flags(argv, message, capsys):
